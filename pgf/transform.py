@@ -1,0 +1,171 @@
+"""`gradient_flow(recipe)`: the optax transform that shapes the gradient reaching W.
+
+`pgf.sparsify` gives the model W~ = W ⊙ (Phi + D(1 − Phi)) with a straight-through backward,
+so `jax.grad` yields g = dL/dW~ for every sparsified leaf. This transform turns g into the
+method's gradient (DESIGN.md, "The method, precisely"):
+
+  dense phase, method "dense"     g
+  ste, sdgf_*                     g                              (straight-through)
+  sr_ste                          g + lambda_W (1 − Phi) ⊙ W
+  mdgf_* with gradient="decayed"  g ⊙ (Phi + D (1 − Phi))        (D = 0 in fine-tuning)
+  mdgf_* with gradient="ste"      g
+
+Place it first in the chain, on raw gradients: `optax.chain(pgf.gradient_flow(r), adamw)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from pgf.recipes import Recipe
+from pgf.sparsify import check_params, leaf_mask, leaf_path
+
+__all__ = ["gradient_flow", "GradientFlowState", "GradientFlowMaskState", "masks_from_state",
+           "step_from_state"]
+
+
+class GradientFlowState(NamedTuple):
+  """Only the step count: masks are recomputed from params, so checkpoints and sharding stay
+  identical to dense training."""
+  count: jax.Array  # int32 scalar: the step whose gradient the next update receives
+
+
+class GradientFlowMaskState(NamedTuple):
+  """State when `mask_update_every > 1`: the masks in force between refreshes."""
+  count: jax.Array
+  masks: dict[str, jax.Array]  # {leaf path: bool mask}
+
+
+def _needs_mask(recipe: Recipe) -> bool:
+  if recipe.method == "sr_ste":
+    return True
+  return recipe.mdgf is not None and recipe.gradient == "decayed"
+
+
+def gradient_flow(recipe: Recipe) -> optax.GradientTransformation:
+  """Progressive Gradient Flow as an optax gradient transformation.
+
+  Args:
+    recipe: a `pgf.Recipe` (method, rules, schedule). The same recipe must be given to
+      `pgf.sparsify` in the forward pass.
+
+  Returns:
+    An `optax.GradientTransformation`. `update(grads, state, params)` requires `params`
+    (the dense weights W, from which the masks are computed). Its state is a step count
+    (`GradientFlowState`), plus the masks when `recipe.mask_update_every > 1`
+    (`GradientFlowMaskState`). The count must equal the `step` given to `pgf.sparsify`;
+    `pgf.step_from_state(opt_state)` returns it.
+
+  References:
+    Bambhaniya et al., "Progressive Gradient Flow for Robust N:M Sparsity Training in
+    Transformers", arXiv 2402.04744 (CPAL 2025).
+    Zhou et al., "Learning N:M Fine-grained Structured Sparse Neural Networks From Scratch"
+    (SR-STE), ICLR 2021.
+
+  Example:
+    >>> recipe = pgf.Recipe(method="mdgf_exp", rules=((r".*/mlp/.*/kernel", "1:16"),),
+    ...                     total_steps=10_000)
+    >>> tx = optax.chain(pgf.gradient_flow(recipe), optax.adamw(1e-3))
+    >>> opt_state = tx.init(params)
+    >>> updates, opt_state = tx.update(grads, opt_state, params)
+  """
+  if not isinstance(recipe, Recipe):
+    raise TypeError(f"gradient_flow expects a pgf.Recipe, got {type(recipe).__name__}")
+  keep_masks = recipe.mask_update_every > 1
+
+  def init_fn(params):
+    count = jnp.zeros([], jnp.int32)
+    if recipe.method == "dense":
+      return GradientFlowState(count)
+    matched = check_params(params, recipe)  # fail here, before anything is compiled
+    if not keep_masks:
+      return GradientFlowState(count)
+    masks = {}
+    for key_path, w in jax.tree_util.tree_flatten_with_path(params)[0]:
+      path = leaf_path(key_path)
+      if path in matched:
+        rule = recipe.rules[matched[path][0]]
+        masks[path] = leaf_mask(w, recipe, rule, count)
+    return GradientFlowMaskState(count, masks)
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError(
+          "pgf.gradient_flow needs the params to compute N:M masks: call "
+          "tx.update(grads, opt_state, params)")
+    step = state.count
+    new_count = optax.safe_int32_increment(step)
+    if recipe.method == "dense":
+      return updates, GradientFlowState(new_count)
+    decay = recipe.decay(step)
+    in_dense_phase = step < recipe.dense_steps
+    new_masks = {}
+
+    def shape_gradient(key_path, g, w):
+      if g is None or not hasattr(g, "shape"):
+        return g
+      path = leaf_path(key_path)
+      index = recipe.rule_for(path)
+      if index is None:
+        return g
+      rule = recipe.rules[index]
+      phi = None
+      if keep_masks:
+        phi = leaf_mask(w, recipe, rule, step, state.masks[path])
+        new_masks[path] = phi
+      if not _needs_mask(recipe):
+        return g
+      if phi is None:
+        phi = leaf_mask(w, recipe, rule, step)
+      phi = phi.astype(g.dtype)
+      if recipe.method == "sr_ste":
+        shaped = g + recipe.sr_ste_lambda * (1 - phi) * w.astype(g.dtype)
+      else:  # MDGF, decayed gradient
+        shaped = g * (phi + decay.astype(g.dtype) * (1 - phi))
+      return jnp.where(in_dense_phase, g, shaped)
+
+    shaped = jax.tree_util.tree_map_with_path(shape_gradient, updates, params)
+    if keep_masks:
+      return shaped, GradientFlowMaskState(new_count, new_masks)
+    return shaped, GradientFlowState(new_count)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _find_states(state: Any) -> list:
+  found = []
+
+  def visit(node):
+    if isinstance(node, (GradientFlowState, GradientFlowMaskState)):
+      found.append(node)
+      return True
+    return False
+
+  jax.tree_util.tree_map(lambda _: None, state, is_leaf=visit)
+  return found
+
+
+def _single_state(opt_state):
+  states = _find_states(opt_state)
+  if len(states) != 1:
+    raise ValueError(f"expected exactly one pgf.gradient_flow state in the optimizer state, "
+                     f"found {len(states)}")
+  return states[0]
+
+
+def masks_from_state(opt_state) -> dict[str, jax.Array]:
+  """The masks held by the gradient_flow state inside a (chained) optimizer state."""
+  state = _single_state(opt_state)
+  if not isinstance(state, GradientFlowMaskState):
+    raise ValueError("this gradient_flow state holds no masks (mask_update_every == 1): "
+                     "masks are recomputed from params; call pgf.sparsify without masks")
+  return state.masks
+
+
+def step_from_state(opt_state) -> jax.Array:
+  """The step count of the gradient_flow state (the `step` to give pgf.sparsify)."""
+  return _single_state(opt_state).count
