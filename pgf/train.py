@@ -1,0 +1,349 @@
+"""`train_and_evaluate(config, workdir)`: the one train loop for every model and method.
+
+Resume order (big_vision style): (1) the newest complete checkpoint in `workdir`, (2) else the
+params of `config.init_from` (a dense pre-training workdir, for sparse fine-tuning), (3) else a
+fresh init from `config.seed`. Everything that changes from step to step -- data, dropout RNG,
+learning rate, D(j), the SDGF pattern -- is a pure function of (seed, step), so a run killed at
+any step and restarted with the same command finishes with bit-identical parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import pgf
+from pgf import config_lib
+from pgf.checkpointing import Checkpointer
+from pgf.metric_writer import MetricWriter
+from pgf.tasks import Task, build_task, num_train_examples
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+  """Loss or gradients became NaN/Inf; the last good checkpoint is left intact."""
+
+
+# ----------------------------------------------------------------------------- building blocks
+def total_steps_of(config, task: Task) -> int:
+  if config.get("total_steps", -1) and config.total_steps > 0:
+    return int(config.total_steps)
+  return int(math.ceil(config.total_epochs * num_train_examples(task) / config.batch_size))
+
+
+def steps_of(config, task: Task, steps_key: str, epochs_key: str) -> int:
+  """A step count given in the config either as steps or as epochs."""
+  steps = config.optim.get(steps_key, -1)
+  if steps is not None and steps >= 0:
+    return int(steps)
+  epochs = config.optim.get(epochs_key, 0.0) or 0.0
+  return int(round(epochs * num_train_examples(task) / config.batch_size))
+
+
+def build_recipe(config, total_steps: int) -> pgf.Recipe:
+  s = config.sparsity
+  return pgf.Recipe(
+      method=s.method, rules=tuple(tuple(r) for r in s.rules), total_steps=total_steps,
+      dense_fraction=s.dense_fraction, finetune_fraction=s.finetune_fraction,
+      decay_coefficient=s.get("decay_coefficient"), decay_end_fraction=s.decay_end_fraction,
+      gradient=s.gradient, sr_ste_lambda=s.sr_ste_lambda,
+      mask_update_every=s.mask_update_every, sdgf_k=s.sdgf_k,
+      sdgf_stages=tuple(s.sdgf_stages) if s.get("sdgf_stages") else None)
+
+
+def learning_rate(config) -> float:
+  """Peak lr: `optim.lr` is given at `optim.reference_batch` and scaled linearly with the
+  global batch actually used (the paper's 1e-3 is at 4096 = 256 x 16 GPUs)."""
+  reference = config.optim.get("reference_batch", 0) or config.batch_size
+  return config.optim.lr * config.batch_size / reference
+
+
+def build_optimizer(config, recipe: pgf.Recipe, total_steps: int, warmup_steps: int):
+  peak = learning_rate(config)
+  warmup_steps = min(warmup_steps, total_steps)
+  if config.optim.schedule == "cosine":
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, peak, max(warmup_steps, 0), total_steps, end_value=config.optim.get("min_lr", 0.0))
+  elif config.optim.schedule == "constant":
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, max(warmup_steps, 1)), optax.constant_schedule(peak)],
+        [warmup_steps])
+  else:
+    raise ValueError(f"config.optim.schedule={config.optim.schedule!r}: 'cosine' or 'constant'")
+  # Weight decay on matrices only (not biases, norms, position embeddings' 1-d leaves).
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  parts = [pgf.gradient_flow(recipe)]
+  if config.optim.get("grad_clip"):
+    parts.append(optax.clip_by_global_norm(config.optim.grad_clip))
+  parts.append(optax.adamw(schedule, b1=config.optim.b1, b2=config.optim.b2,
+                           weight_decay=config.optim.weight_decay, mask=decay_mask))
+  return optax.chain(*parts), schedule
+
+
+def matched_sparsity(params, recipe: pgf.Recipe, step):
+  """Fraction of exact zeros among the sparsified weights (what the model really sees)."""
+  effective = pgf.sparsify(params, recipe, step)
+  matched = pgf.match_leaves(params, recipe)
+  zeros, total = 0.0, 0
+  for key_path, leaf in jax.tree_util.tree_flatten_with_path(effective)[0]:
+    if _path(key_path) in matched:
+      zeros = zeros + jnp.sum(leaf == 0).astype(jnp.float32)
+      total += leaf.size
+  return zeros / max(total, 1)
+
+
+def _path(key_path) -> str:
+  from pgf.sparsify import leaf_path  # pylint: disable=g-import-not-at-top
+  return leaf_path(key_path)
+
+
+# ----------------------------------------------------------------------------- the loop
+def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the summary."""
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  process_index, process_count = jax.process_index(), jax.process_count()
+  is_main = process_index == 0
+  config_lib.validate(config, process_count=process_count, device_count=jax.device_count())
+
+  task = build_task(config, process_index, process_count)
+  total_steps = total_steps_of(config, task)
+  warmup_steps = steps_of(config, task, "warmup_steps", "warmup_epochs")
+  recipe = build_recipe(config, total_steps)
+  rng = jax.random.key(config.seed)
+  abstract_params = jax.eval_shape(task.init_fn, rng)
+  pgf.check_params(abstract_params, recipe)  # before any compilation
+  tx, lr_schedule = build_optimizer(config, recipe, total_steps, warmup_steps)
+
+  writer = MetricWriter(workdir, enabled=is_main)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+    with open(os.path.join(workdir, "recipe.json"), "w") as f:
+      json.dump(recipe.to_dict(), f, indent=2)
+    log.info("Sparsity rules:\n%s", _match_summary(abstract_params, recipe))
+
+  def init_state(rng):
+    params = task.init_fn(rng)
+    return {"step": jnp.zeros([], jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+  checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints,
+                              async_save=config.get("async_checkpointing", True))
+  abstract_state = jax.eval_shape(init_state, rng)
+  state, resumed_from = checkpointer.restore_latest(abstract_state)
+  if state is None:
+    state = jax.jit(init_state)(rng)
+    if config.get("init_from"):
+      state = _init_params_from(config.init_from, state, abstract_state, tx)
+      log.info("Initialised params from %s", config.init_from)
+  else:
+    log.info("Resumed from checkpoint at step %d", resumed_from)
+    writer.truncate_after(resumed_from)
+  start_step = int(state["step"])
+
+  train_rng = jax.random.fold_in(rng, 1)
+
+  def train_step(state, batch):
+    step = state["step"]
+    step_rng = jax.random.fold_in(train_rng, step)
+
+    def loss_fn(params):
+      effective = pgf.sparsify(params, recipe, step, masks=_masks(state["opt_state"], recipe))
+      return task.loss_fn(effective, batch, step_rng, True)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    grad_norm = optax.global_norm(grads)
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, learning_rate=lr_schedule(step),
+                   finite_loss=jnp.isfinite(loss), finite_grads=jnp.isfinite(grad_norm))
+    return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
+
+  train_step = jax.jit(train_step, donate_argnums=(0,))
+  eval_step = jax.jit(task.eval_fn)
+  effective_fn = jax.jit(lambda params, opt_state, step: pgf.sparsify(
+      params, recipe, step, masks=_masks(opt_state, recipe)))
+  finalize_fn = jax.jit(lambda params: pgf.finalize(params, recipe))
+  sparsity_fn = jax.jit(lambda params, step: matched_sparsity(params, recipe, step))
+
+  def evaluate(state) -> dict[str, float]:
+    step = state["step"]
+    out = {}
+    for kind, params in (("current", effective_fn(state["params"], state["opt_state"], step)),
+                         ("deployed", finalize_fn(state["params"]))):
+      sums = None
+      for batch in task.eval_batches():
+        batch_sums = eval_step(params, batch)
+        sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
+      sums = jax.device_get(sums)
+      count = max(float(sums.pop("count")), 1.0)
+      tokens = max(float(sums.pop("tokens", count)), 1.0)
+      for key, value in sums.items():
+        denominator = tokens if key.startswith("token_") or key.endswith("_per_token") else count
+        out[f"{kind}_{key}"] = float(value) / denominator
+      if task.extra_eval is not None:
+        for key, value in task.extra_eval(params).items():
+          out[f"{kind}_{key}"] = float(value)
+    return out
+
+  stop = {"signal": None}
+
+  def on_sigterm(signum, _frame):
+    stop["signal"] = signum
+
+  previous_handler = _install(signal.SIGTERM, on_sigterm)
+  pending: list[tuple[int, dict]] = []
+  summary: dict[str, Any] = {"workdir": workdir, "total_steps": total_steps,
+                             "resumed_from": resumed_from, "method": recipe.method}
+  t_start = time.time()
+  t_last, step_last = time.time(), start_step
+  local_batch = None
+  try:
+    step = start_step
+    while step < total_steps:
+      batch = task.train_source.train_batch(step)
+      local_batch = local_batch or len(batch[task.examples_key])
+      state, metrics = train_step(state, batch)
+      pending.append((step, metrics))
+      step += 1
+      last = step == total_steps
+      log_now = step % config.log_every == 0 or last
+      save_now = (step % config.checkpoint_every == 0) or last or stop["signal"] is not None
+      if log_now or save_now:
+        _check_finite(pending, checkpointer)
+      if log_now and is_main:
+        now = time.time()
+        rate = (step - step_last) / max(now - t_last, 1e-9)
+        t_last, step_last = now, step
+        line = _log_line(step, total_steps, pending[-1][1], recipe, rate,
+                         rate * local_batch * process_count,
+                         float(sparsity_fn(state["params"], jnp.int32(step - 1))))
+        writer.write(step, "train", line)
+        log.info(_format(line))
+      if log_now:
+        pending.clear()
+      if config.eval_every and (step % config.eval_every == 0 or last):
+        eval_metrics = evaluate(state)
+        writer.write(step, "eval", eval_metrics)
+        log.info("[eval %d/%d] %s", step, total_steps,
+                 " ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
+        summary.update(eval_metrics)
+      if save_now:
+        checkpointer.save(step, state)
+      if stop["signal"] is not None and not last:
+        checkpointer.wait()
+        writer.flush()
+        log.warning("Received signal %s: saved a checkpoint at step %d and stopped; rerun "
+                    "the same command to resume.", stop["signal"], step)
+        summary.update(preempted=True, stopped_at=step)
+        return summary
+    checkpointer.wait()
+  finally:
+    _install(signal.SIGTERM, previous_handler)
+    checkpointer.close()
+    writer.flush()
+    writer.close()
+
+  summary.update(
+      preempted=False, final_step=int(state["step"]), train_seconds=time.time() - t_start,
+      final_schedule=recipe.schedule(total_steps - 1), lr_peak=learning_rate(config))
+  if is_main:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2, default=str)
+  summary["state"] = state
+  return summary
+
+
+# ----------------------------------------------------------------------------- helpers
+def _masks(opt_state, recipe: pgf.Recipe):
+  return pgf.masks_from_state(opt_state) if recipe.mask_update_every > 1 else None
+
+
+def _match_summary(params, recipe) -> str:
+  from pgf.sparsify import match_summary  # pylint: disable=g-import-not-at-top
+  return match_summary(params, recipe)
+
+
+def _install(signum, handler):
+  try:
+    return signal.signal(signum, handler)
+  except ValueError:  # not in the main thread: preemption handling is the caller's job
+    return None
+
+
+def _check_finite(pending, checkpointer: Checkpointer) -> None:
+  """Stops at the first non-finite step since the last check, before anything is saved."""
+  for step, metrics in pending:
+    flags = jax.device_get({k: metrics[k] for k in ("finite_loss", "finite_grads", "loss",
+                                                    "grad_norm")})
+    if not (flags["finite_loss"] and flags["finite_grads"]):
+      what = "loss" if not flags["finite_loss"] else "gradient global norm"
+      value = flags["loss"] if not flags["finite_loss"] else flags["grad_norm"]
+      good = checkpointer.all_steps()
+      checkpointer.wait()
+      raise NonFiniteError(
+          f"Non-finite {what} ({value}) at step {step}. Nothing after step "
+          f"{good[-1] if good else 'none'} was saved; the last good checkpoint "
+          f"({'step ' + str(good[-1]) if good else 'none yet'}) is intact. Lower "
+          "config.optim.lr, raise warm-up or tighten config.optim.grad_clip, then rerun the "
+          "same command to resume from it.")
+
+
+def _log_line(step, total, metrics, recipe, steps_per_sec, examples_per_sec, sparsity):
+  metrics = jax.device_get(metrics)
+  schedule = recipe.schedule(step - 1)
+  eta = (total - step) / max(steps_per_sec, 1e-9)
+  return {
+      "loss": float(metrics["loss"]), "accuracy": float(metrics.get("accuracy", np.nan)),
+      "learning_rate": float(metrics["learning_rate"]), "grad_norm": float(metrics["grad_norm"]),
+      "decay": schedule["decay"], "phase": schedule["phase"], "patterns": schedule["patterns"],
+      "sparsity": sparsity, "steps_per_sec": steps_per_sec,
+      "examples_per_sec": examples_per_sec, "eta_seconds": eta, "total_steps": total,
+      "step": step}
+
+
+def _format(line) -> str:
+  patterns = ",".join(sorted(set(line["patterns"].values()))) or "dense"
+  eta = int(line["eta_seconds"])
+  return (f"[{line['step']}/{line['total_steps']}] loss {line['loss']:.4f} "
+          f"acc {line['accuracy']:.3f} lr {line['learning_rate']:.2e} "
+          f"{line['phase']} D {line['decay']:.3g} N:M {patterns} "
+          f"sparsity {line['sparsity']:.3f} | {line['steps_per_sec']:.2f} steps/s "
+          f"{line['examples_per_sec']:.0f} ex/s ETA {eta // 60}m{eta % 60:02d}s")
+
+
+def _init_params_from(source: str, state, abstract_state, tx):
+  """Params from another run's newest checkpoint (e.g. dense pre-training); fresh optimizer.
+
+  Only the params are taken, so the source may have used another method or optimizer state.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  directory = os.path.join(os.path.abspath(source), "checkpoints")
+  steps = []
+  if os.path.isdir(directory):
+    with ocp.CheckpointManager(directory) as manager:
+      steps = sorted(manager.all_steps())
+      restored = manager.restore(steps[-1]) if steps else None
+  if not steps:
+    raise FileNotFoundError(f"config.init_from={source!r}: no checkpoint found under "
+                            f"{directory}")
+  params = restored["params"]
+  want = jax.tree.map(lambda a: (a.shape, a.dtype), abstract_state["params"])
+  got = jax.tree.map(lambda a: (a.shape, a.dtype), params)
+  if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
+    raise ValueError(f"config.init_from={source!r}: its params do not match this model "
+                     "(different variant or vocabulary?)")
+  params = jax.tree.map(jnp.asarray, params)
+  log.info("init_from %s (step %d)", source, steps[-1])
+  return {"step": state["step"], "params": params, "opt_state": tx.init(params)}
