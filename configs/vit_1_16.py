@@ -1,12 +1,14 @@
-r"""ViT-B/16 on ImageNet-1k, FF layers at 1:16, MDGF-Exponential (paper Table 2).
+r"""ViT-B/16 on ImageNet-1k, 1:16 FF (paper Table 2 row "1:16 FF"), MDGF-Exp by default.
 
-Paper top-1 (ImageNet-1k, 350 epochs): SR-STE 75.637, MDGF-Lin 76.594, MDGF-Exp 77.325,
-SDGF-Step 75.923, SDGF-Geo 76.869 (dense 76.389).
+Sparsifies the FF layers (mlp/fc1, mlp/fc2) at 1:16;
+attention output, patch embedding and head stay dense.
+Paper top-1 (ImageNet-1k, 350 epochs; dense 76.389): SR-STE 75.637, MDGF-Lin 76.594,
+MDGF-Exp 77.325, SDGF-Step 75.923, SDGF-Geo 76.869.
 
   python -m pgf.main --config=configs/vit_1_16.py --workdir=$WORKDIR \
       --config.data.data_dir=gs://BUCKET/tensorflow_datasets
-  python -m pgf.main --config=configs/vit_1_16.py:demo --workdir=/tmp/vit_demo   # CPU, digits
-  python -m pgf.main --config=configs/vit_1_16.py:method=sr_ste,variant=S/16 --workdir=...
+  python -m pgf.main --config=configs/vit_1_16.py:method=sdgf_geometric --workdir=$WORKDIR
+  python -m pgf.main --config=configs/vit_1_16.py:demo --workdir=/tmp/vit_1_16_demo   # CPU, digits
 """
 
 from pgf import config_lib

@@ -71,7 +71,8 @@ def learning_rate(config) -> float:
 
 def build_optimizer(config, recipe: pgf.Recipe, total_steps: int, warmup_steps: int):
   peak = learning_rate(config)
-  warmup_steps = min(warmup_steps, total_steps)
+  # Short runs (tests, smoke runs) keep at least one step of the main schedule.
+  warmup_steps = max(min(warmup_steps, total_steps - 1), 0)
   if config.optim.schedule == "cosine":
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, peak, max(warmup_steps, 0), total_steps, end_value=config.optim.get("min_lr", 0.0))
@@ -165,7 +166,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm, learning_rate=lr_schedule(step),
                    finite_loss=jnp.isfinite(loss), finite_grads=jnp.isfinite(grad_norm))
     return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
@@ -233,7 +234,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         log.info(_format(line))
       if log_now:
         pending.clear()
-      if config.eval_every and (step % config.eval_every == 0 or last):
+      if last or (config.eval_every and step % config.eval_every == 0):
         eval_metrics = evaluate(state)
         writer.write(step, "eval", eval_metrics)
         log.info("[eval %d/%d] %s", step, total_steps,

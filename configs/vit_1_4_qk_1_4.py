@@ -1,0 +1,18 @@
+r"""ViT-B/16 on ImageNet-1k, 1:4 FF + 1:4 QK (paper Table 2 row "1:4 FF + 1:4 QK"), MDGF-Exp by default.
+
+Sparsifies the FF layers (mlp/fc1, mlp/fc2) at 1:4 and Q and K at 1:4;
+attention output, patch embedding and head stay dense.
+Paper top-1 (ImageNet-1k, 350 epochs; dense 76.389): SR-STE 78.145, MDGF-Lin 77.755,
+MDGF-Exp 78.113, SDGF-Step 77.163, SDGF-Geo 78.229.
+
+  python -m pgf.main --config=configs/vit_1_4_qk_1_4.py --workdir=$WORKDIR \
+      --config.data.data_dir=gs://BUCKET/tensorflow_datasets
+  python -m pgf.main --config=configs/vit_1_4_qk_1_4.py:method=sdgf_geometric --workdir=$WORKDIR
+  python -m pgf.main --config=configs/vit_1_4_qk_1_4.py:demo --workdir=/tmp/vit_1_4_qk_1_4_demo   # CPU, digits
+"""
+
+from pgf import config_lib
+
+
+def get_config(arg=None):
+  return config_lib.vit_config(ff="1:4", qk="1:4", arg=arg)

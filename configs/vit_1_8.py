@@ -1,0 +1,18 @@
+r"""ViT-B/16 on ImageNet-1k, 1:8 FF (paper Table 2 row "1:8 FF"), MDGF-Exp by default.
+
+Sparsifies the FF layers (mlp/fc1, mlp/fc2) at 1:8;
+attention output, patch embedding and head stay dense.
+Paper top-1 (ImageNet-1k, 350 epochs; dense 76.389): SR-STE 77.869, MDGF-Lin 78.019,
+MDGF-Exp 78.009, SDGF-Step 77.025, SDGF-Geo 78.175.
+
+  python -m pgf.main --config=configs/vit_1_8.py --workdir=$WORKDIR \
+      --config.data.data_dir=gs://BUCKET/tensorflow_datasets
+  python -m pgf.main --config=configs/vit_1_8.py:method=sdgf_geometric --workdir=$WORKDIR
+  python -m pgf.main --config=configs/vit_1_8.py:demo --workdir=/tmp/vit_1_8_demo   # CPU, digits
+"""
+
+from pgf import config_lib
+
+
+def get_config(arg=None):
+  return config_lib.vit_config(ff="1:8", arg=arg)

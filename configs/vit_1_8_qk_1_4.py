@@ -1,0 +1,18 @@
+r"""ViT-B/16 on ImageNet-1k, 1:8 FF + 1:4 QK (paper Table 2 row "1:8 FF + 1:4 QK"), MDGF-Exp by default.
+
+Sparsifies the FF layers (mlp/fc1, mlp/fc2) at 1:8 and Q and K at 1:4;
+attention output, patch embedding and head stay dense.
+Paper top-1 (ImageNet-1k, 350 epochs; dense 76.389): SR-STE 78.144, MDGF-Lin 78.025,
+MDGF-Exp 78.273, SDGF-Step 77.163, SDGF-Geo 76.839.
+
+  python -m pgf.main --config=configs/vit_1_8_qk_1_4.py --workdir=$WORKDIR \
+      --config.data.data_dir=gs://BUCKET/tensorflow_datasets
+  python -m pgf.main --config=configs/vit_1_8_qk_1_4.py:method=sdgf_geometric --workdir=$WORKDIR
+  python -m pgf.main --config=configs/vit_1_8_qk_1_4.py:demo --workdir=/tmp/vit_1_8_qk_1_4_demo   # CPU, digits
+"""
+
+from pgf import config_lib
+
+
+def get_config(arg=None):
+  return config_lib.vit_config(ff="1:8", qk="1:4", arg=arg)

@@ -1,0 +1,18 @@
+r"""ViT-B/16 on ImageNet-1k, 1:8 FF + 1:8 QK (paper Table 2 row "1:8 FF + 1:8 QK"), MDGF-Exp by default.
+
+Sparsifies the FF layers (mlp/fc1, mlp/fc2) at 1:8 and Q and K at 1:8;
+attention output, patch embedding and head stay dense.
+Paper top-1 (ImageNet-1k, 350 epochs; dense 76.389): SR-STE 75.527, MDGF-Lin 76.473,
+MDGF-Exp 77.349, SDGF-Step 76.617, SDGF-Geo 76.334.
+
+  python -m pgf.main --config=configs/vit_1_8_qk_1_8.py --workdir=$WORKDIR \
+      --config.data.data_dir=gs://BUCKET/tensorflow_datasets
+  python -m pgf.main --config=configs/vit_1_8_qk_1_8.py:method=sdgf_geometric --workdir=$WORKDIR
+  python -m pgf.main --config=configs/vit_1_8_qk_1_8.py:demo --workdir=/tmp/vit_1_8_qk_1_8_demo   # CPU, digits
+"""
+
+from pgf import config_lib
+
+
+def get_config(arg=None):
+  return config_lib.vit_config(ff="1:8", qk="1:8", arg=arg)

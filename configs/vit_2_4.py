@@ -1,0 +1,18 @@
+r"""ViT-B/16 on ImageNet-1k, 2:4 FF (paper Table 2 row "2:4 FF"), MDGF-Exp by default.
+
+Sparsifies the FF layers (mlp/fc1, mlp/fc2) at 2:4;
+attention output, patch embedding and head stay dense.
+Paper top-1 (ImageNet-1k, 350 epochs; dense 76.389): SR-STE 77.761, MDGF-Lin 77.613,
+MDGF-Exp 76.381, SDGF-Step 77.081, SDGF-Geo 77.363.
+
+  python -m pgf.main --config=configs/vit_2_4.py --workdir=$WORKDIR \
+      --config.data.data_dir=gs://BUCKET/tensorflow_datasets
+  python -m pgf.main --config=configs/vit_2_4.py:method=sdgf_geometric --workdir=$WORKDIR
+  python -m pgf.main --config=configs/vit_2_4.py:demo --workdir=/tmp/vit_2_4_demo   # CPU, digits
+"""
+
+from pgf import config_lib
+
+
+def get_config(arg=None):
+  return config_lib.vit_config(ff="2:4", arg=arg)
