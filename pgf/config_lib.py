@@ -124,8 +124,13 @@ def vit_config(ff: str | None = "1:16", qk: str | None = None, qkv: str | None =
   return config
 
 
-def validate(config, process_count: int = 1, device_count: int = 1) -> None:
-  """Every config problem at once, each naming the field and the value, before compiling."""
+def validate(config, process_count: int = 1, device_count: int = 1,
+             raise_errors: bool = True) -> list[str]:
+  """Every config problem at once, each naming the field and the value, before compiling.
+
+  Raises one ValueError listing them all, or returns the list when `raise_errors` is False
+  (the train loop adds the problems only visible with data and params, then raises once).
+  """
   problems: list[str] = []
 
   def need(condition: bool, message: str):
@@ -173,8 +178,9 @@ def validate(config, process_count: int = 1, device_count: int = 1) -> None:
                     str(e).splitlines()[1:])
   except (AttributeError, KeyError, TypeError) as e:
     problems.append(f"config.sparsity: {e}")
-  if problems:
+  if problems and raise_errors:
     raise ValueError("Invalid config:\n  - " + "\n  - ".join(problems))
+  return problems
 
 
 def to_plain(config) -> dict[str, Any]:

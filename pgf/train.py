@@ -109,6 +109,35 @@ def _path(key_path) -> str:
   return leaf_path(key_path)
 
 
+def preflight(config, process_index: int = 0, process_count: int = 1):
+  """(task, recipe, total_steps), or one ValueError listing every problem, before compiling.
+
+  Config fields, the dataset (missing or unprepared) and the fit of the sparsity rules to the
+  model's parameters (a rule matching nothing, an M that does not divide a matched kernel's
+  grouped axis) are all checked, so a user fixes everything in one go.
+  """
+  problems = config_lib.validate(config, process_count=process_count,
+                                 device_count=jax.device_count(), raise_errors=False)
+  task = recipe = total_steps = None
+  if not any(p.startswith(("config.data", "config.model", "config.batch_size"))
+             for p in problems):
+    try:
+      task = build_task(config, process_index, process_count)
+    except ValueError as e:  # DatasetNotFoundError is one
+      problems.append(f"config.data.name={config.data.get('name')!r}: {e}")
+  if task is not None and not any(p.startswith("config.sparsity") for p in problems):
+    total_steps = total_steps_of(config, task)
+    try:
+      recipe = build_recipe(config, total_steps)
+      pgf.check_params(jax.eval_shape(task.init_fn, jax.random.key(0)), recipe)
+    except ValueError as e:
+      problems.extend(f"config.sparsity.rules: {line.strip(' -')}"
+                      for line in str(e).splitlines()[1:])
+  if problems:
+    raise ValueError("Invalid config:\n  - " + "\n  - ".join(problems))
+  return task, recipe, total_steps
+
+
 # ----------------------------------------------------------------------------- the loop
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the summary."""
@@ -116,15 +145,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
   process_index, process_count = jax.process_index(), jax.process_count()
   is_main = process_index == 0
-  config_lib.validate(config, process_count=process_count, device_count=jax.device_count())
-
-  task = build_task(config, process_index, process_count)
-  total_steps = total_steps_of(config, task)
+  task, recipe, total_steps = preflight(config, process_index, process_count)
   warmup_steps = steps_of(config, task, "warmup_steps", "warmup_epochs")
-  recipe = build_recipe(config, total_steps)
   rng = jax.random.key(config.seed)
   abstract_params = jax.eval_shape(task.init_fn, rng)
-  pgf.check_params(abstract_params, recipe)  # before any compilation
   tx, lr_schedule = build_optimizer(config, recipe, total_steps, warmup_steps)
 
   writer = MetricWriter(workdir, enabled=is_main)
@@ -291,8 +315,8 @@ def _check_finite(pending, checkpointer: Checkpointer) -> None:
     if not (flags["finite_loss"] and flags["finite_grads"]):
       what = "loss" if not flags["finite_loss"] else "gradient global norm"
       value = flags["loss"] if not flags["finite_loss"] else flags["grad_norm"]
+      checkpointer.wait()  # an async save of an earlier, finite step may still be running
       good = checkpointer.all_steps()
-      checkpointer.wait()
       raise NonFiniteError(
           f"Non-finite {what} ({value}) at step {step}. Nothing after step "
           f"{good[-1] if good else 'none'} was saved; the last good checkpoint "

@@ -1,0 +1,88 @@
+"""A training process for the reliability tests, with faults injected at exact steps.
+
+  python tests/reliability_child.py SPEC_JSON
+
+SPEC_JSON: {"config": "configs/vit_1_16.py:demo", "workdir": ..., "overrides": {"a.b": value},
+"kill_at": step, "term_at": step, "nan_at": step}. The faults fire when the loop asks for the
+batch of that step, i.e. after every earlier step ran:
+
+  kill_at   SIGKILL to this process (no cleanup at all, like a lost VM)
+  term_at   SIGTERM to this process (what a preemption notice sends)
+  nan_at    the batch's float inputs become NaN (a divergence at that step)
+
+On a normal exit the final params are written to WORKDIR/final_params.npz and the summary
+(without the state) to stdout as the last line, prefixed "SUMMARY ".
+"""
+
+import json
+import os
+import signal
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def load_config(spec: str):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("config", os.path.join(ROOT, path))
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def set_field(config, dotted: str, value):
+  *parents, leaf = dotted.split(".")
+  node = config
+  for name in parents:
+    node = node[name]
+  node[leaf] = tuple(tuple(v) for v in value) if leaf == "rules" else value
+
+
+def main():
+  spec = json.loads(sys.argv[1])
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from pgf import train  # pylint: disable=g-import-not-at-top
+
+  config = load_config(spec["config"])
+  for dotted, value in spec.get("overrides", {}).items():
+    set_field(config, dotted, value)
+
+  build_task = train.build_task
+
+  def build_task_with_faults(*args, **kwargs):
+    task = build_task(*args, **kwargs)
+    train_batch = task.train_source.train_batch
+
+    def faulty_train_batch(step):
+      if step == spec.get("kill_at"):
+        os.kill(os.getpid(), signal.SIGKILL)
+      if step == spec.get("term_at"):
+        os.kill(os.getpid(), signal.SIGTERM)
+      batch = train_batch(step)
+      if step == spec.get("nan_at"):
+        batch = {k: np.full_like(v, np.nan) if v.dtype.kind == "f" else v
+                 for k, v in batch.items()}
+      return batch
+
+    task.train_source.train_batch = faulty_train_batch
+    return task
+
+  train.build_task = build_task_with_faults
+  try:
+    summary = train.train_and_evaluate(config, spec["workdir"])
+  except (ValueError, train.NonFiniteError) as e:
+    print(f"ERROR {type(e).__name__}: {e}", flush=True)
+    sys.exit(3)
+  state = summary.pop("state", None)
+  if state is not None:
+    flat = {jax.tree_util.keystr(k): np.asarray(v)
+            for k, v in jax.tree_util.tree_flatten_with_path(state["params"])[0]}
+    np.savez(os.path.join(spec["workdir"], "final_params.npz"), **flat)
+  print("SUMMARY " + json.dumps(summary, default=str), flush=True)
+
+
+if __name__ == "__main__":
+  main()
