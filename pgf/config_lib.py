@@ -95,6 +95,7 @@ def vit_config(ff: str | None = "1:16", qk: str | None = None, qkv: str | None =
   config.keep_checkpoints = 3
   config.async_checkpointing = True
   config.init_from = ""
+  config.noise_every = 0  # > 0: log gradient-noise statistics (paper §4) every this many steps
   if arg.demo:
     # A small ViT on sklearn's 1797 real 8x8 digits, upsampled to 16x16 (16 patches of 4x4).
     config.data = ml_collections.ConfigDict(dict(name=arg.dataset or "digits", image_size=16,
@@ -160,6 +161,9 @@ def validate(config, process_count: int = 1, device_count: int = 1,
   eval_every = config.get("eval_every", 0)
   need(isinstance(eval_every, int) and eval_every >= 0,
        f"config.eval_every={eval_every!r}: must be an int >= 0 (0 = only at the end)")
+  noise_every = config.get("noise_every", 0)
+  need(isinstance(noise_every, int) and noise_every >= 0,
+       f"config.noise_every={noise_every!r}: must be an int >= 0 (0 = off)")
   optim = config.optim
   need(optim.lr > 0, f"config.optim.lr={optim.lr!r}: must be > 0")
   need(optim.schedule in ("cosine", "constant"),
@@ -183,8 +187,43 @@ def validate(config, process_count: int = 1, device_count: int = 1,
   return problems
 
 
+def load(spec: str) -> ml_collections.ConfigDict:
+  """"configs/vit_1_16.py:demo,method=sr_ste" -> the ConfigDict its get_config(arg) returns."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ValueError(f"config file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location(
+      os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def apply_overrides(config, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+  """Sets dotted fields ({"sparsity.method": "sr_ste", "model.width": 32}) in place.
+
+  Like --config.X=... on the command line: an unknown field is an error naming it, and rules
+  given as lists (JSON) become tuples.
+  """
+  for dotted, value in overrides.items():
+    *parents, leaf = dotted.split(".")
+    node = config
+    for name in parents:
+      if name not in node:
+        raise ValueError(f"config override {dotted!r}: no field {name!r}")
+      node = node[name]
+    if leaf not in node:
+      raise ValueError(f"config override {dotted!r}: no field {leaf!r}")
+    if leaf == "rules":
+      value = tuple(tuple(rule) for rule in value)
+    node[leaf] = value
+  return config
+
+
 def to_plain(config) -> dict[str, Any]:
   return config.to_dict() if hasattr(config, "to_dict") else dict(config)
 
 
-__all__ = ["parse_arg", "vit_config", "sparsity_config", "validate"]
+__all__ = ["parse_arg", "vit_config", "sparsity_config", "validate", "load", "apply_overrides"]

@@ -159,9 +159,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       json.dump(recipe.to_dict(), f, indent=2)
     log.info("Sparsity rules:\n%s", _match_summary(abstract_params, recipe))
 
+  # Gradient-noise statistics (paper §4) every `noise_every` steps; the masks of the previous
+  # measurement live in the state so mask flips are counted exactly across a resume.
+  noise_every = config.get("noise_every", 0) if recipe.rules else 0
+  if noise_every:
+    from pgf.analysis import noise as noise_lib  # pylint: disable=g-import-not-at-top
+
   def init_state(rng):
     params = task.init_fn(rng)
-    return {"step": jnp.zeros([], jnp.int32), "params": params, "opt_state": tx.init(params)}
+    state = {"step": jnp.zeros([], jnp.int32), "params": params, "opt_state": tx.init(params)}
+    if noise_every:
+      state["noise_masks"] = pgf.current_masks(params, recipe, 0)
+    return state
 
   checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints,
                               async_save=config.get("async_checkpointing", True))
@@ -193,7 +202,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     grad_norm = optax.tree.norm(grads)
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm, learning_rate=lr_schedule(step),
                    finite_loss=jnp.isfinite(loss), finite_grads=jnp.isfinite(grad_norm))
-    return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
+    new_state = {"step": step + 1, "params": params, "opt_state": opt_state}
+    if noise_every:
+      measure = lambda: noise_lib.noise_stats(state["params"], grads, opt_state, recipe, step,
+                                              state["noise_masks"])
+      skip = lambda: (jax.tree.map(jnp.zeros_like, jax.eval_shape(measure)[0]),
+                      state["noise_masks"])
+      metrics["noise"], new_state["noise_masks"] = jax.lax.cond(
+          step % noise_every == 0, measure, skip)
+    return new_state, metrics
 
   train_step = jax.jit(train_step, donate_argnums=(0,))
   eval_step = jax.jit(task.eval_fn)
@@ -241,6 +258,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       local_batch = local_batch or len(batch[task.examples_key])
       state, metrics = train_step(state, batch)
       pending.append((step, metrics))
+      if noise_every and step % noise_every == 0 and is_main:
+        writer.write(step + 1, "noise", jax.device_get(metrics["noise"]))
       step += 1
       last = step == total_steps
       log_now = step % config.log_every == 0 or last

@@ -23,32 +23,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def load_config(spec: str):
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("config", os.path.join(ROOT, path))
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
-
-
-def set_field(config, dotted: str, value):
-  *parents, leaf = dotted.split(".")
-  node = config
-  for name in parents:
-    node = node[name]
-  node[leaf] = tuple(tuple(v) for v in value) if leaf == "rules" else value
-
-
 def main():
   spec = json.loads(sys.argv[1])
   import numpy as np  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from pgf import train  # pylint: disable=g-import-not-at-top
+  from pgf import config_lib, train  # pylint: disable=g-import-not-at-top
 
-  config = load_config(spec["config"])
-  for dotted, value in spec.get("overrides", {}).items():
-    set_field(config, dotted, value)
+  config = config_lib.load(os.path.join(ROOT, spec["config"]))
+  config_lib.apply_overrides(config, spec.get("overrides", {}))
 
   build_task = train.build_task
 

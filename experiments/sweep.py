@@ -1,0 +1,299 @@
+"""Sweeps methods x N:M patterns x seeds on embedded data, with mean ± std tables and plots.
+
+  python experiments/sweep.py --grid=vit_digits --out=experiments/results/vit_digits
+  python experiments/sweep.py --grid=t5_shakespeare --out=experiments/results/t5_shakespeare
+  python experiments/sweep.py --grid=vit_digits --out=/tmp/s --seeds=0 --methods=sr_ste,mdgf_exp \
+      --patterns=1:16 --steps=100                                    # a quick look
+
+Every cell is one `train_and_evaluate` run in its own process (`--workers` at a time, each
+pinned to one CPU thread so they don't fight over cores) with its own workdir under `--out`.
+A cell whose workdir holds `summary.json` is skipped and an interrupted one resumes from its
+checkpoints, so rerunning the same command after a crash only does the missing work. The T5
+grid pre-trains one dense model per seed first and fine-tunes every cell from it.
+
+Writes to `--out`: results.csv (one row per run), table.md (mean ± std of the deployed metric:
+finalized weights at the exact target pattern, per method and pattern), and the figures
+metric_vs_sparsity.png and noise.png (gradient-noise statistics over training, paper §4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import csv
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHODS = ("dense", "sr_ste", "mdgf_linear", "mdgf_exp", "sdgf_stepwise", "sdgf_geometric",
+           "mdgf_exp+sdgf_geometric")
+PATTERNS = ("2:4", "1:4", "1:16", "1:32")
+SEEDS = (0, 1, 2)
+# Single-threaded XLA per worker: N workers on N cores beat N multi-threaded ones.
+ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  name: str               # workdir name under --out
+  config: str             # configs/...py[:arg]
+  overrides: tuple        # ((dotted field, value), ...)
+  method: str = ""
+  pattern: str = ""
+  seed: int = 0
+  metric: str = "deployed_accuracy"
+  after: str = ""         # name of a cell that must finish first (dense pre-training)
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  """One experiment: its cells, the metric compared, and the baseline to quote beside it."""
+  cells: tuple
+  metric: str
+  metric_label: str
+  baseline: str = ""      # summary key of a reference value (e.g. the majority class)
+
+
+def sdgf_k_for(pattern: str, contracting: int) -> int:
+  """The largest geometric start multiplier (<= 8, the released code's) whose first stage
+  k*N:k*M still fits the smallest sparsified contracting axis."""
+  m = int(pattern.split(":")[1])
+  k = 8
+  while k > 1 and k * m > contracting:
+    k //= 2
+  return k
+
+
+def vit_digits(methods, patterns, seeds, steps) -> Grid:
+  """The ViT demo model (4 blocks, width 64, MLP 256) on digits; FF layers at each pattern."""
+  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  steps = steps or 600
+  cells = []
+  for seed in seeds:
+    for pattern in patterns:
+      for method in methods:
+        overrides = {
+            "seed": seed, "total_steps": steps, "log_every": max(steps // 20, 1),
+            "eval_every": 0, "checkpoint_every": max(steps // 2, 1), "keep_checkpoints": 1,
+            "optim.warmup_steps": max(steps // 20, 1), "sparsity.method": method,
+            "sparsity.rules": ((config_lib.VIT_FF, pattern),),
+            "sparsity.sdgf_k": sdgf_k_for(pattern, 64), "noise_every": max(steps // 20, 1)}
+        cells.append(Cell(f"{method}_{pattern.replace(':', 'of')}_s{seed}",
+                          "configs/vit_1_16.py:demo", tuple(overrides.items()), method,
+                          pattern, seed))
+  return Grid(tuple(cells), "deployed_accuracy", "deployed test accuracy (digits)")
+
+
+def t5_shakespeare(methods, patterns, seeds, steps) -> Grid:
+  """Dense span-corruption pre-training per seed, then sparse genre fine-tuning per cell."""
+  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  cells = []
+  for seed in seeds:
+    pretrain = Cell(f"pretrain_s{seed}", "configs/t5_pretrain.py:demo",
+                    (("seed", seed),), "pretrain", "", seed, "current_bits_per_byte")
+    cells.append(pretrain)
+    for pattern in patterns:
+      for method in methods:
+        overrides = {"seed": seed, "sparsity.method": method,
+                     "sparsity.rules": ((config_lib.T5_FF, pattern),),
+                     "sparsity.sdgf_k": sdgf_k_for(pattern, 64),
+                     "init_from": f"{{out}}/{pretrain.name}"}
+        if steps:
+          overrides.update(total_steps=steps)
+        cells.append(Cell(f"{method}_{pattern.replace(':', 'of')}_s{seed}",
+                          "configs/t5_1_4.py:demo", tuple(overrides.items()), method, pattern,
+                          seed, "deployed_exact_match", after=pretrain.name))
+  return Grid(tuple(cells), "deployed_exact_match", "deployed genre exact match (Shakespeare)",
+              baseline="majority_class_accuracy")
+
+
+GRIDS = {"vit_digits": vit_digits, "t5_shakespeare": t5_shakespeare}
+
+
+# ----------------------------------------------------------------------------- running
+def run_cell(spec: dict) -> None:
+  """Worker entry point: one training run (in this process)."""
+  sys.path.insert(0, ROOT)
+  from pgf import config_lib, train  # pylint: disable=g-import-not-at-top
+  config = config_lib.load(os.path.join(ROOT, spec["config"]))
+  overrides = {k: (v.format(out=spec["out"]) if isinstance(v, str) else v)
+               for k, v in spec["overrides"]}
+  config_lib.apply_overrides(config, overrides)
+  train.train_and_evaluate(config, spec["workdir"])
+
+
+def launch(cell: Cell, out: str, threads_env: dict) -> tuple[Cell, float, str]:
+  workdir = os.path.join(out, cell.name)
+  if os.path.exists(os.path.join(workdir, "summary.json")):
+    return cell, 0.0, "skipped (done)"
+  spec = {"config": cell.config, "overrides": list(cell.overrides), "workdir": workdir,
+          "out": out}
+  os.makedirs(workdir, exist_ok=True)
+  start = time.time()
+  with open(os.path.join(workdir, "log.txt"), "a") as log:
+    result = subprocess.run([sys.executable, os.path.abspath(__file__), "--run-cell",
+                             json.dumps(spec)], cwd=ROOT, env=threads_env, stdout=log,
+                            stderr=subprocess.STDOUT)
+  if result.returncode:
+    return cell, time.time() - start, f"FAILED (exit {result.returncode}, see {workdir}/log.txt)"
+  return cell, time.time() - start, "done"
+
+
+def run_grid(grid: Grid, out: str, workers: int) -> None:
+  env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+  if workers > 1:
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + ONE_THREAD).strip()
+  done = {c.name for c in grid.cells
+          if os.path.exists(os.path.join(out, c.name, "summary.json"))}
+  pending = [c for c in grid.cells if c.name not in done]
+  failed = set()
+  print(f"{len(grid.cells)} runs, {len(done)} already done, {workers} workers", flush=True)
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    running = {}
+    while pending or running:
+      ready = [c for c in pending if not c.after or c.after in done]
+      blocked = [c for c in pending if c.after in failed]
+      for cell in blocked:
+        pending.remove(cell)
+        failed.add(cell.name)
+        print(f"  {cell.name}: not run ({cell.after} failed)", flush=True)
+      while ready and len(running) < workers:
+        cell = ready.pop(0)
+        pending.remove(cell)
+        running[pool.submit(launch, cell, out, env)] = cell
+      if not running:
+        break
+      finished, _ = concurrent.futures.wait(running, return_when="FIRST_COMPLETED")
+      for future in finished:
+        cell, seconds, status = future.result()
+        del running[future]
+        (failed if status.startswith("FAILED") else done).add(cell.name)
+        print(f"  [{len(done)}/{len(grid.cells)}] {cell.name}: {status} {seconds:.0f}s",
+              flush=True)
+  if failed:
+    print(f"{len(failed)} runs failed: {sorted(failed)}", flush=True)
+
+
+# ----------------------------------------------------------------------------- reporting
+def collect(grid: Grid, out: str) -> list[dict]:
+  rows = []
+  for cell in grid.cells:
+    path = os.path.join(out, cell.name, "summary.json")
+    if not os.path.exists(path):
+      continue
+    with open(path) as f:
+      summary = json.load(f)
+    row = {"name": cell.name, "method": cell.method, "pattern": cell.pattern,
+           "seed": cell.seed, "metric": cell.metric, "value": summary.get(cell.metric),
+           "current": summary.get(cell.metric.replace("deployed_", "current_")),
+           "train_seconds": summary.get("train_seconds"), "steps": summary.get("total_steps")}
+    if grid.baseline and grid.baseline in summary:
+      row["baseline"] = summary[grid.baseline]
+    rows.append(row)
+  return rows
+
+
+def mean_std(values):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  values = np.asarray([v for v in values if v is not None], float)
+  if not values.size:
+    return float("nan"), float("nan"), 0
+  return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0, values.size
+
+
+def markdown_table(rows: list[dict], grid: Grid) -> str:
+  sparse_rows = [r for r in rows if r["method"] != "pretrain"]
+  methods = [m for m in METHODS if any(r["method"] == m for r in sparse_rows)]
+  patterns = [p for p in PATTERNS if any(r["pattern"] == p for r in sparse_rows)]
+  lines = [f"{grid.metric_label}, mean ± std over seeds (n runs)", "",
+           "| method | " + " | ".join(patterns) + " |",
+           "|---|" + "---|" * len(patterns)]
+  for method in methods:
+    cells = []
+    for pattern in patterns:
+      mean, std, n = mean_std(r["value"] for r in sparse_rows
+                              if r["method"] == method and r["pattern"] == pattern)
+      cells.append("–" if not n else f"{mean:.4f} ± {std:.4f} ({n})")
+    lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  baselines = [r["baseline"] for r in sparse_rows if "baseline" in r]
+  if baselines:
+    lines += ["", f"Majority-class baseline: {mean_std(baselines)[0]:.4f}"]
+  pretrain = [r for r in rows if r["method"] == "pretrain"]
+  if pretrain:
+    mean, std, n = mean_std(r["value"] for r in pretrain)
+    lines += ["", f"Dense pre-training, held-out span-corruption loss: {mean:.3f} ± {std:.3f} "
+              f"bits per target byte ({n} seeds)"]
+  seconds = sum(r["train_seconds"] or 0 for r in rows)
+  lines += ["", f"{len(rows)} runs, {seconds / 60:.0f} min of training in total."]
+  return "\n".join(lines) + "\n"
+
+
+def write_reports(grid: Grid, out: str) -> None:
+  rows = collect(grid, out)
+  if not rows:
+    print("no finished runs to report")
+    return
+  fields = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k)
+                  if k in rows[0] else 99)
+  with open(os.path.join(out, "results.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+  table = markdown_table(rows, grid)
+  with open(os.path.join(out, "table.md"), "w") as f:
+    f.write(table)
+  print(table)
+  from pgf.analysis import plots  # pylint: disable=g-import-not-at-top
+  sparse = [r for r in rows if r["method"] != "pretrain"]
+  plots.plot_sweep(sparse, os.path.join(out, "metric_vs_sparsity.png"),
+                   metric_label=grid.metric_label)
+  noise_runs = {}
+  target = "1:16" if any(r["pattern"] == "1:16" for r in sparse) else sparse[0]["pattern"]
+  for r in sparse:
+    if r["pattern"] == target and r["seed"] == min(x["seed"] for x in sparse):
+      noise_runs[r["method"]] = os.path.join(out, r["name"])
+  plots.plot_noise_from_workdirs(noise_runs, os.path.join(out, "noise.png"),
+                                 title=f"gradient noise, FF at {target}")
+  print(f"wrote {out}/results.csv, table.md, metric_vs_sparsity.png, noise.png")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--grid", choices=sorted(GRIDS))
+  parser.add_argument("--out")
+  parser.add_argument("--methods", default=",".join(METHODS))
+  parser.add_argument("--patterns", default=",".join(PATTERNS))
+  parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+  parser.add_argument("--steps", type=int, default=0, help="override the runs' total steps")
+  parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+  parser.add_argument("--report-only", action="store_true")
+  parser.add_argument("--run-cell", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.run_cell:
+    run_cell(json.loads(args.run_cell))
+    return
+  if not args.grid or not args.out:
+    parser.error("--grid and --out are required")
+  methods = tuple(m for m in args.methods.split(",") if m)
+  unknown = set(methods) - set(METHODS)
+  if unknown:
+    parser.error(f"--methods: unknown {sorted(unknown)}; choose from {METHODS}")
+  patterns = tuple(p for p in args.patterns.split(",") if p)
+  seeds = tuple(int(s) for s in args.seeds.split(",") if s != "")
+  sys.path.insert(0, ROOT)
+  grid = GRIDS[args.grid](methods, patterns, seeds, args.steps)
+  out = os.path.abspath(args.out)
+  os.makedirs(out, exist_ok=True)
+  start = time.time()
+  if not args.report_only:
+    run_grid(grid, out, max(args.workers, 1))
+  write_reports(grid, out)
+  print(f"total wall time {(time.time() - start) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+  main()
