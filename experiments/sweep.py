@@ -6,7 +6,7 @@
       --patterns=1:16 --steps=100                                    # a quick look
 
 Every cell is one `train_and_evaluate` run in its own process (`--workers` at a time, each
-pinned to one CPU thread so they don't fight over cores) with its own workdir under `--out`.
+pinned to one CPU thread so they don't fight over cores) with its own workdir under `--out`/runs/.
 A cell whose workdir holds `summary.json` is skipped and an interrupted one resumes from its
 checkpoints, so rerunning the same command after a crash only does the missing work. The T5
 grid pre-trains one dense model per seed first and fine-tunes every cell from it.
@@ -100,10 +100,12 @@ def t5_shakespeare(methods, patterns, seeds, steps) -> Grid:
       for method in methods:
         overrides = {"seed": seed, "sparsity.method": method,
                      "sparsity.rules": ((config_lib.T5_FF, pattern),),
-                     "sparsity.sdgf_k": sdgf_k_for(pattern, 64),
-                     "init_from": f"{{out}}/{pretrain.name}"}
+                     "sparsity.sdgf_k": sdgf_k_for(pattern,
+                                                   config_lib.T5_DEMO_SIZES["emb_dim"]),
+                     "init_from": f"{{out}}/runs/{pretrain.name}"}
         if steps:
           overrides.update(total_steps=steps)
+        overrides["noise_every"] = max((steps or 500) // 20, 1)
         cells.append(Cell(f"{method}_{pattern.replace(':', 'of')}_s{seed}",
                           "configs/t5_1_4.py:demo", tuple(overrides.items()), method, pattern,
                           seed, "deployed_exact_match", after=pretrain.name))
@@ -126,8 +128,12 @@ def run_cell(spec: dict) -> None:
   train.train_and_evaluate(config, spec["workdir"])
 
 
+def workdir_of(out: str, name: str) -> str:
+  return os.path.join(out, "runs", name)
+
+
 def launch(cell: Cell, out: str, threads_env: dict) -> tuple[Cell, float, str]:
-  workdir = os.path.join(out, cell.name)
+  workdir = workdir_of(out, cell.name)
   if os.path.exists(os.path.join(workdir, "summary.json")):
     return cell, 0.0, "skipped (done)"
   spec = {"config": cell.config, "overrides": list(cell.overrides), "workdir": workdir,
@@ -148,7 +154,7 @@ def run_grid(grid: Grid, out: str, workers: int) -> None:
   if workers > 1:
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + ONE_THREAD).strip()
   done = {c.name for c in grid.cells
-          if os.path.exists(os.path.join(out, c.name, "summary.json"))}
+          if os.path.exists(os.path.join(workdir_of(out, c.name), "summary.json"))}
   pending = [c for c in grid.cells if c.name not in done]
   failed = set()
   print(f"{len(grid.cells)} runs, {len(done)} already done, {workers} workers", flush=True)
@@ -182,7 +188,7 @@ def run_grid(grid: Grid, out: str, workers: int) -> None:
 def collect(grid: Grid, out: str) -> list[dict]:
   rows = []
   for cell in grid.cells:
-    path = os.path.join(out, cell.name, "summary.json")
+    path = os.path.join(workdir_of(out, cell.name), "summary.json")
     if not os.path.exists(path):
       continue
     with open(path) as f:
@@ -255,7 +261,7 @@ def write_reports(grid: Grid, out: str) -> None:
   target = "1:16" if any(r["pattern"] == "1:16" for r in sparse) else sparse[0]["pattern"]
   for r in sparse:
     if r["pattern"] == target and r["seed"] == min(x["seed"] for x in sparse):
-      noise_runs[r["method"]] = os.path.join(out, r["name"])
+      noise_runs[r["method"]] = workdir_of(out, r["name"])
   plots.plot_noise_from_workdirs(noise_runs, os.path.join(out, "noise.png"),
                                  title=f"gradient noise, FF at {target}")
   print(f"wrote {out}/results.csv, table.md, metric_vs_sparsity.png, noise.png")

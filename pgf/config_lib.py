@@ -46,6 +46,20 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(out)
 
 
+def add_sharding(config, data: int = -1, fsdp: int = 1, model: int = 1, axis_types: str = "auto",
+                 rules=None) -> ml_collections.ConfigDict:
+  """Sets `config.mesh` and `config.sharding_rules` (see pgf/sharding.py); returns config.
+
+  The default is data parallelism over every device. Override on the command line, e.g.
+  `--config.mesh.fsdp=4 --config.mesh.data=-1` for FSDP within groups of 4 devices.
+  """
+  from pgf import sharding  # pylint: disable=g-import-not-at-top
+  config.mesh = ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, model=model,
+                                               axis_types=axis_types))
+  config.sharding_rules = tuple(tuple(rule) for rule in (rules or sharding.DEFAULT_RULES))
+  return config
+
+
 def sparsity_config(method: str, rules, **overrides) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.method = method
@@ -96,6 +110,7 @@ def vit_config(ff: str | None = "1:16", qk: str | None = None, qkv: str | None =
   config.async_checkpointing = True
   config.init_from = ""
   config.noise_every = 0  # > 0: log gradient-noise statistics (paper §4) every this many steps
+  add_sharding(config)
   if arg.demo:
     # A small ViT on sklearn's 1797 real 8x8 digits, upsampled to 16x16 (16 patches of 4x4).
     config.data = ml_collections.ConfigDict(dict(name=arg.dataset or "digits", image_size=16,
@@ -144,8 +159,6 @@ def validate(config, process_count: int = 1, device_count: int = 1,
   if not isinstance(batch, int) or batch <= 0:
     problems.append(f"config.batch_size={batch!r}: must be a positive int")
   else:
-    need(batch % device_count == 0,
-         f"config.batch_size={batch} is not divisible by the {device_count} devices")
     need(batch % process_count == 0,
          f"config.batch_size={batch} is not divisible by the {process_count} processes")
   steps = config.get("total_steps", -1)
@@ -165,6 +178,8 @@ def validate(config, process_count: int = 1, device_count: int = 1,
   need(isinstance(noise_every, int) and noise_every >= 0,
        f"config.noise_every={noise_every!r}: must be an int >= 0 (0 = off)")
   optim = config.optim
+  from pgf import sharding  # pylint: disable=g-import-not-at-top
+  problems.extend(sharding.config_problems(config, device_count))
   need(optim.lr > 0, f"config.optim.lr={optim.lr!r}: must be > 0")
   need(optim.schedule in ("cosine", "constant"),
        f"config.optim.schedule={optim.schedule!r}: 'cosine' or 'constant'")
@@ -174,6 +189,8 @@ def validate(config, process_count: int = 1, device_count: int = 1,
   if model_name == "vit":
     need(config.data.name in IMAGE_DATASETS,
          f"config.data.name={config.data.name!r}: one of {IMAGE_DATASETS}")
+  elif model_name == "t5":
+    problems.extend(_t5_problems(config))
   try:
     from pgf.train import build_recipe  # pylint: disable=g-import-not-at-top
     build_recipe(config, steps if isinstance(steps, int) and steps > 0 else 100_000)
@@ -184,6 +201,48 @@ def validate(config, process_count: int = 1, device_count: int = 1,
     problems.append(f"config.sparsity: {e}")
   if problems and raise_errors:
     raise ValueError("Invalid config:\n  - " + "\n  - ".join(problems))
+  return problems
+
+
+def _t5_problems(config) -> list[str]:
+  """Problems in the T5-only fields (model sizes, text data, tokenizer, z-loss)."""
+  from pgf.models.t5 import VARIANTS  # pylint: disable=g-import-not-at-top
+  from pgf.text_tasks import dataset_kind  # pylint: disable=g-import-not-at-top
+  problems = []
+  model, data = config.model, config.data
+  if model.get("variant") not in VARIANTS:
+    problems.append(f"config.model.variant={model.get('variant')!r}: one of {sorted(VARIANTS)}")
+  for field in T5_SIZE_FIELDS:
+    value = model.get(field)
+    if value is not None and (not isinstance(value, int) or value <= 0):
+      problems.append(f"config.model.{field}={value!r}: a positive int (or None for the variant's)")
+  vocab = model.get("vocab_size", 0)
+  if not isinstance(vocab, int) or vocab < 0:
+    problems.append(f"config.model.vocab_size={vocab!r}: an int >= 0 (0 = the tokenizer's, padded)")
+  dropout = model.get("dropout_rate", 0.0)
+  if not 0.0 <= dropout < 1.0:
+    problems.append(f"config.model.dropout_rate={dropout!r}: must be in [0, 1)")
+  try:
+    dataset_kind(data.get("name"))
+  except (ValueError, AttributeError) as e:
+    problems.append(str(e))
+  if not isinstance(data.get("input_length"), int) or data.input_length < 3:
+    problems.append(f"config.data.input_length={data.get('input_length')!r}: an int >= 3")
+  for field in ("target_length", "num_eval_examples"):
+    value = data.get(field, 0)
+    if not isinstance(value, int) or value < 0:
+      problems.append(f"config.data.{field}={value!r}: an int >= 0 (0 = automatic / all)")
+  density, span = data.get("noise_density", 0.15), data.get("mean_noise_span_length", 3.0)
+  if not isinstance(density, (int, float)) or not 0.0 < density < 1.0:
+    problems.append(f"config.data.noise_density={density!r}: must be in (0, 1)")
+  if not isinstance(span, (int, float)) or span < 1.0:
+    problems.append(f"config.data.mean_noise_span_length={span!r}: must be >= 1")
+  tokenizer = data.get("tokenizer", "byte")
+  if not isinstance(tokenizer, str) or not tokenizer:
+    problems.append(f"config.data.tokenizer={tokenizer!r}: 'byte' or a SentencePiece model path")
+  z_loss = config.get("z_loss", 0.0)
+  if not isinstance(z_loss, (int, float)) or z_loss < 0:
+    problems.append(f"config.z_loss={z_loss!r}: a float >= 0")
   return problems
 
 
@@ -226,4 +285,111 @@ def to_plain(config) -> dict[str, Any]:
   return config.to_dict() if hasattr(config, "to_dict") else dict(config)
 
 
-__all__ = ["parse_arg", "vit_config", "sparsity_config", "validate", "load", "apply_overrides"]
+# ----------------------------------------------------------------------------------------- T5
+# Every attention kind (encoder self, decoder self, decoder cross) is sparsified for QK / QKV rows;
+# the attention output projection, embeddings, relative-position tables and logits stay dense.
+T5_FF = r"(encoder|decoder)/layers_\d+/mlp/(wi_0|wi_1|wo)/kernel"
+T5_QK = (r"(encoder|decoder)/layers_\d+/(attention|self_attention|encoder_decoder_attention)/"
+         r"(query|key)/kernel")
+T5_QKV = (r"(encoder|decoder)/layers_\d+/(attention|self_attention|encoder_decoder_attention)/"
+          r"(query|key|value)/kernel")
+T5_SIZE_FIELDS = ("emb_dim", "num_heads", "head_dim", "mlp_dim", "num_encoder_layers",
+                  "num_decoder_layers")
+# The CPU demo model (pre-training and fine-tuning must agree for init_from): ~1.6M params.
+T5_DEMO_SIZES = dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256, num_encoder_layers=3,
+                     num_decoder_layers=2)
+
+
+def t5_rules(ff: str | None, qk: str | None = None, qkv: str | None = None):
+  rules = []
+  if ff:
+    rules.append((T5_FF, ff))
+  if qkv:
+    rules.append((T5_QKV, qkv))
+  elif qk:
+    rules.append((T5_QK, qk))
+  return tuple(rules)
+
+
+def t5_config(ff: str | None = None, qk: str | None = None, qkv: str | None = None,
+              arg: str | None = None, pretrain: bool = False) -> ml_collections.ConfigDict:
+  """T5 v1.1: dense span-corruption pre-training (`pretrain=True`) or the paper's sparse GLUE
+  fine-tuning at the given patterns (Table 4), or the `:demo` twin of either on Shakespeare.
+
+  Fine-tuning starts from `config.init_from`, a pre-training workdir (its newest checkpoint's
+  params).
+  `:arg` keys: demo, method, variant, dataset, steps, seed, batch.
+  """
+  arg = parse_arg(arg, demo=False, method="dense" if pretrain else "sdgf_stepwise",
+                  variant="base", dataset="", steps=-1, seed=0, batch=-1)
+  config = ml_collections.ConfigDict()
+  config.seed = arg.seed
+  config.model = ml_collections.ConfigDict(dict(
+      name="t5", variant=arg.variant, vocab_size=0, dropout_rate=0.0 if pretrain else 0.1,
+      logits_via_embedding=False, dtype="float32",
+      **{field: config_dict.placeholder(int) for field in T5_SIZE_FIELDS}))
+  # The paper: "10k dense" steps before sparsifying beat "zero dense" for T5X (10% of 100k).
+  config.sparsity = sparsity_config(arg.method, () if pretrain else t5_rules(ff, qk, qkv),
+                                    dense_fraction=0.1)
+  config.z_loss = 1e-4  # t5x's default
+  config.log_every = 100
+  config.eval_every = 5000
+  config.checkpoint_every = 5000
+  config.keep_checkpoints = 3
+  config.async_checkpointing = True
+  config.init_from = ""
+  config.noise_every = 0
+  config.total_epochs = 0.0
+  data = dict(data_dir="", tokenizer="byte", num_extra_ids=100, target_length=0,
+              num_eval_examples=0, eval_split="", tfds_name="", noise_density=0.15,
+              mean_noise_span_length=3.0)
+  if pretrain:
+    # T5's pre-training budget: 2^19 steps of 128 x 512 tokens, span corruption 512 -> 114.
+    config.data = ml_collections.ConfigDict(dict(name=arg.dataset or "c4", input_length=512,
+                                                 **data))
+    config.data.num_eval_examples = 10_000
+    config.batch_size = 128
+    config.total_steps = 524_288
+    config.optim = ml_collections.ConfigDict(dict(
+        lr=1e-3, reference_batch=128, schedule="cosine", warmup_steps=10_000, warmup_epochs=0.0,
+        b1=0.9, b2=0.999, weight_decay=0.0, grad_clip=1.0, min_lr=1e-5))
+  else:
+    # The paper's T5X GLUE fine-tuning: batch 128, 100k steps, constant lr 1e-3, 1k warm-up.
+    config.data = ml_collections.ConfigDict(dict(name=arg.dataset or "glue", input_length=512,
+                                                 **data))
+    config.batch_size = 128
+    config.total_steps = 100_000
+    config.optim = ml_collections.ConfigDict(dict(
+        lr=1e-3, reference_batch=128, schedule="constant", warmup_steps=1000, warmup_epochs=0.0,
+        b1=0.9, b2=0.999, weight_decay=0.0, grad_clip=1.0, min_lr=0.0))
+  config.eval_batch_size = 128
+  if arg.demo:
+    config.model.update(variant="tiny", **T5_DEMO_SIZES)
+    config.data.num_eval_examples = 512
+    config.batch_size = 32
+    config.eval_batch_size = 128
+    config.log_every = 50
+    config.checkpoint_every = 500
+    if pretrain:
+      # ByT5's span corruption for bytes: density 0.15, mean span 20 (3 bytes is too short for
+      # a byte-level model to learn much from in minutes; see ShakespeareSpanCorruption).
+      config.data.update(name=arg.dataset or "shakespeare_spans", input_length=128,
+                         mean_noise_span_length=20.0)
+      config.total_steps = 1200
+      config.eval_every = 400
+      config.optim.update(lr=2e-3, reference_batch=32, warmup_steps=100)
+    else:
+      config.data.update(name=arg.dataset or "shakespeare_genre", input_length=192)
+      config.model.dropout_rate = 0.0
+      config.total_steps = 600
+      config.eval_every = 300
+      config.optim.update(lr=1e-3, reference_batch=32, warmup_steps=30)
+  if arg.batch > 0:
+    config.batch_size = arg.batch
+  if arg.steps > 0:
+    config.total_steps = arg.steps
+  return config
+
+
+__all__ = ["parse_arg", "vit_config", "t5_config", "sparsity_config", "validate", "load",
+           "apply_overrides", "add_sharding"]

@@ -18,6 +18,16 @@ CPU, so the mask is computed without sorting:
 
 Every branch implements the same total order: larger |x| wins, and among equal |x| the lower
 index wins, so all branches return identical masks.
+
+Sharded weights. Under `jax.jit` with Auto mesh axes the computation above is sharding-agnostic:
+XLA's partitioner keeps the groups exactly as on one device and adds whatever communication the
+layout needs. Under Explicit mesh axes (sharding in types) a reshape that splits a sharded axis is
+a type error, so the grouped view is built with an explicit output sharding: every merged range
+(pre, groups, post) keeps the sharding of its leading axis, and the grouped axis stays sharded
+only when every shard holds whole groups (shard length a multiple of m); otherwise it is gathered
+for the mask computation and the bool mask is sliced back to the weight's sharding. So a
+contracting axis that is unsharded, or sharded into pieces that are multiples of m, costs no
+communication; M larger than a shard costs one all-gather of that weight.
 """
 
 from __future__ import annotations
@@ -83,28 +93,37 @@ def _keys(x: jax.Array) -> jax.Array:
   return jax.lax.bitcast_convert_type(jnp.abs(x), int_type)
 
 
+def _group_iota(m: int) -> jax.Array:
+  """Position within the group, shaped to broadcast against the (pre, groups, m, post) view.
+
+  Broadcast rather than full-size so it takes the sharding of the array it meets (a full-size
+  unsharded iota would clash with an Explicit-sharded view)."""
+  return jax.lax.broadcasted_iota(jnp.int32, (1, 1, m, 1), 2)
+
+
 def _first_max(keys: jax.Array, m: int) -> jax.Array:
   """n == 1: the first (lowest-index) maximum of each group."""
   idx = jnp.argmax(keys, axis=2, keepdims=True)
-  return jax.lax.broadcasted_iota(jnp.int32, keys.shape, 2) == idx
+  return _group_iota(m) == idx
 
 
 def _drop_last_min(keys: jax.Array, m: int) -> jax.Array:
   """n == m - 1: everything except the last (highest-index) minimum of each group."""
   idx_rev = jnp.argmin(jnp.flip(keys, axis=2), axis=2, keepdims=True)
-  return jax.lax.broadcasted_iota(jnp.int32, keys.shape, 2) != (m - 1 - idx_rev)
+  return _group_iota(m) != (m - 1 - idx_rev)
 
 
 def _count_rank(keys: jax.Array, n: jax.Array, m: int) -> jax.Array:
   """Rank of every element in its group (number of members that beat it), kept if < n."""
-  i = jax.lax.broadcasted_iota(jnp.int32, (1, 1, m, 1), 2)
+  i = _group_iota(m)
 
   def add_member(j, rank):
     kj = jax.lax.dynamic_slice_in_dim(keys, j, 1, axis=2)
     # Member j beats i if it is larger, or equal and earlier (ties go to the lower index).
     return rank + jnp.where(i > j, kj >= keys, kj > keys).astype(jnp.int32)
 
-  rank = jnp.zeros(keys.shape, jnp.int32)
+  # *_like keeps the view's sharding type, which loop carries and switch branches must share.
+  rank = jnp.zeros_like(keys, jnp.int32)
   if m <= _COUNT_MAX_M:
     # Unrolled, XLA fuses all m comparisons into one pass over the array.
     for j in range(m):
@@ -117,7 +136,7 @@ def _count_rank(keys: jax.Array, n: jax.Array, m: int) -> jax.Array:
 
 def _iterative(keys: jax.Array, n: jax.Array, m: int) -> jax.Array:
   """Selects the winners one at a time when n or m - n is small (large m)."""
-  iota = jax.lax.broadcasted_iota(jnp.int32, keys.shape, 2)
+  iota = _group_iota(m)
   low = jnp.iinfo(keys.dtype).min
   high = jnp.iinfo(keys.dtype).max
   flipped_keys = jnp.flip(keys, axis=2)
@@ -132,7 +151,7 @@ def _iterative(keys: jax.Array, n: jax.Array, m: int) -> jax.Array:
     idx = m - 1 - jnp.argmin(cand, axis=2, keepdims=True)
     return dropped | (iota == idx)
 
-  none = jnp.zeros(keys.shape, bool)
+  none = jnp.zeros_like(keys, bool)
   return jax.lax.cond(
       2 * n <= m,
       lambda: jax.lax.fori_loop(0, n, pick_best, none),
@@ -144,8 +163,8 @@ def _grouped_mask(x: jax.Array, n: jax.Array, m: int) -> jax.Array:
   # Keys are computed inside each branch so XLA fuses them into the branch's first pass
   # instead of materialising a second copy of the array.
   branches = [
-      lambda v: jnp.zeros(v.shape, bool),  # n <= 0
-      lambda v: jnp.ones(v.shape, bool),  # n >= m
+      lambda v: jnp.zeros_like(v, bool),  # n <= 0
+      lambda v: jnp.ones_like(v, bool),  # n >= m
       lambda v: _first_max(_keys(v), m),  # n == 1
       lambda v: _drop_last_min(_keys(v), m),  # n == m - 1
       lambda v: _count_rank(_keys(v), n, m),
@@ -158,6 +177,48 @@ def _grouped_mask(x: jax.Array, n: jax.Array, m: int) -> jax.Array:
     few = _ITERATIVE_RATIO * jnp.minimum(n, m - n) <= m
     branch = jnp.where((branch == 4) & few, 5, branch)
   return jax.lax.switch(branch, branches, x)
+
+
+def _explicit_spec(x: jax.Array) -> tuple | None:
+  """x's per-axis PartitionSpec entries if some axis is sharded over Explicit mesh axes."""
+  spec = getattr(jax.typeof(x).sharding, "spec", None)
+  if spec is None or all(entry is None for entry in spec):
+    return None
+  return tuple(spec) + (None,) * (x.ndim - len(spec))
+
+
+def _shard_count(mesh, entry) -> int:
+  names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+  return math.prod(mesh.shape[name] for name in names)
+
+
+def _explicit_grouped_mask(x: jax.Array, spec: tuple, grouped: tuple[int, int], view, n,
+                           m: int) -> jax.Array:
+  """The mask of x (Explicit sharding `spec`) grouped over axes [grouped[0], grouped[1]).
+
+  The axes before, inside and after the grouped range merge into the view's pre, groups and post
+  axes. A merge keeps the sharding of its leading axis; sharded trailing axes, and a grouped axis
+  whose shards would cut groups, are gathered first, and the mask is sliced back afterwards.
+  """
+  sharding = jax.typeof(x).sharding
+  start, stop = grouped
+  ranges = ((0, start), (start, stop), (stop, x.ndim))
+  layout = [None] * x.ndim
+  for lo, hi in ranges:
+    if lo < hi:
+      layout[lo] = spec[lo]
+  if view[1] % _shard_count(sharding.mesh, layout[start]):
+    layout[start] = None  # a shard would hold a partial group (m larger than the shard)
+  view_spec = tuple(layout[lo] if lo < hi else None for lo, hi in ranges)
+  view_spec = jax.sharding.PartitionSpec(view_spec[0], view_spec[1], None, view_spec[2])
+  layout = jax.sharding.PartitionSpec(*layout)
+  gathered = tuple(layout) != spec
+  if gathered:
+    x = jax.sharding.reshard(x, sharding.update(spec=layout))
+  grouped_x = jax.lax.reshape(x, view, out_sharding=sharding.update(spec=view_spec))
+  mask = jax.lax.reshape(_grouped_mask(grouped_x, n, m), x.shape,
+                         out_sharding=sharding.update(spec=layout))
+  return jax.sharding.reshard(mask, sharding) if gathered else mask
 
 
 def _check_n(n, m: int, shape, axis) -> None:
@@ -223,7 +284,13 @@ def nm_mask(x: jax.Array, n, m: int, axis=0) -> jax.Array:
     perm = axes + rest
     xt = jnp.transpose(x, perm)
     pre, post = 1, math.prod(shape[a] for a in rest)
-  mask = _grouped_mask(xt.reshape(pre, length // m, m, post), n, m).reshape(xt.shape)
+  view = (pre, length // m, m, post)
+  first = axes[0] if contiguous else 0
+  spec = _explicit_spec(xt)
+  if spec is None:  # one device, Auto axes, shard_map: no sharding in the types
+    mask = _grouped_mask(xt.reshape(view), n, m).reshape(xt.shape)
+  else:
+    mask = _explicit_grouped_mask(xt, spec, (first, first + len(axes)), view, n, m)
   if perm is not None:
     mask = jnp.transpose(mask, np.argsort(perm))
   return mask

@@ -31,7 +31,9 @@ class Task:
     examples_key: batch key whose leading dimension counts examples (throughput logs).
     loss_fn: (params, batch, rng, train) -> (scalar loss, {metric: scalar}).
     eval_fn: (params, batch) -> {name: per-batch sum}; sums over batches are divided by
-      "count" (or "tokens" for token-level metrics) to give the eval metrics.
+      "count", by "tokens" for names starting "token_" or ending "_per_token", and by "<unit>s"
+      for a name ending "_per_<unit>" when that sum is returned too (e.g. "bits_per_byte" /
+      "bytes"), to give the eval metrics.
     extra_eval: optional (params) -> {name: value} run once per evaluation on the host
       (e.g. greedy-decoding exact match for text classification).
   """

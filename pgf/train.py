@@ -24,6 +24,7 @@ import optax
 
 import pgf
 from pgf import config_lib
+from pgf import sharding as sharding_lib
 from pgf.checkpointing import Checkpointer
 from pgf.metric_writer import MetricWriter
 from pgf.tasks import Task, build_task, num_train_examples
@@ -141,6 +142,10 @@ def preflight(config, process_index: int = 0, process_count: int = 1):
 # ----------------------------------------------------------------------------- the loop
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the summary."""
+  if "://" in workdir:  # os.path would turn gs://b/run into a local ./gs:/b/run
+    raise ValueError(f"--workdir={workdir!r}: pgf reads and writes the workdir as a local path; "
+                     "mount the bucket with Cloud Storage FUSE on every host and pass the mount "
+                     "path, e.g. /gcs/BUCKET/run (README, 'Cloud TPU VM')")
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   process_index, process_count = jax.process_index(), jax.process_count()
@@ -150,6 +155,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   rng = jax.random.key(config.seed)
   abstract_params = jax.eval_shape(task.init_fn, rng)
   tx, lr_schedule = build_optimizer(config, recipe, total_steps, warmup_steps)
+  mesh = sharding_lib.build_mesh(config.get("mesh"))
 
   writer = MetricWriter(workdir, enabled=is_main)
   if is_main:
@@ -175,11 +181,20 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints,
                               async_save=config.get("async_checkpointing", True))
   abstract_state = jax.eval_shape(init_state, rng)
+  # The restore target carries this mesh's shardings, so a checkpoint written on any mesh (8
+  # devices, 1 device, another slice) comes back laid out for this one.
+  state_shardings = sharding_lib.tree_shardings(abstract_state, mesh,
+                                                sharding_lib.rules_of(config))
+  abstract_state = sharding_lib.with_shardings(abstract_state, state_shardings)
+  if is_main:
+    log.info("Mesh %s, %s axes; state shardings:\n%s", dict(mesh.shape),
+             mesh.axis_types[0].name, sharding_lib.describe(state_shardings))
   state, resumed_from = checkpointer.restore_latest(abstract_state)
   if state is None:
-    state = jax.jit(init_state)(rng)
+    state = sharding_lib.jit(init_state, mesh, out_shardings=state_shardings)(rng)
     if config.get("init_from"):
-      state = _init_params_from(config.init_from, state, abstract_state, tx)
+      state = jax.device_put(_init_params_from(config.init_from, state, abstract_state, tx),
+                             state_shardings)
       log.info("Initialised params from %s", config.init_from)
   else:
     log.info("Resumed from checkpoint at step %d", resumed_from)
@@ -187,6 +202,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   start_step = int(state["step"])
 
   train_rng = jax.random.fold_in(rng, 1)
+  model_loss = sharding_lib.auto_model(lambda p, b, r: task.loss_fn(p, b, r, True), mesh)
 
   def train_step(state, batch):
     step = state["step"]
@@ -194,7 +210,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
     def loss_fn(params):
       effective = pgf.sparsify(params, recipe, step, masks=_masks(state["opt_state"], recipe))
-      return task.loss_fn(effective, batch, step_rng, True)
+      return model_loss(effective, batch, step_rng)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -212,12 +228,20 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           step % noise_every == 0, measure, skip)
     return new_state, metrics
 
-  train_step = jax.jit(train_step, donate_argnums=(0,))
-  eval_step = jax.jit(task.eval_fn)
-  effective_fn = jax.jit(lambda params, opt_state, step: pgf.sparsify(
-      params, recipe, step, masks=_masks(opt_state, recipe)))
-  finalize_fn = jax.jit(lambda params: pgf.finalize(params, recipe))
-  sparsity_fn = jax.jit(lambda params, step: matched_sparsity(params, recipe, step))
+  batch_sharding, replicated = sharding_lib.batch_sharding(mesh), sharding_lib.replicated(mesh)
+  param_shardings = state_shardings["params"]
+  eval_rows = sharding_lib.local_multiple(mesh)  # eval batches are padded to split evenly
+  train_step = sharding_lib.jit(train_step, mesh, in_shardings=(state_shardings, batch_sharding),
+                                out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+  eval_step = sharding_lib.jit(sharding_lib.auto_model(task.eval_fn, mesh), mesh,
+                               in_shardings=(param_shardings, batch_sharding),
+                               out_shardings=replicated)
+  effective_fn = sharding_lib.jit(lambda params, opt_state, step: pgf.sparsify(
+      params, recipe, step, masks=_masks(opt_state, recipe)), mesh, out_shardings=param_shardings)
+  finalize_fn = sharding_lib.jit(lambda params: pgf.finalize(params, recipe), mesh,
+                                 out_shardings=param_shardings)
+  sparsity_fn = sharding_lib.jit(lambda params, step: matched_sparsity(params, recipe, step),
+                                 mesh, out_shardings=replicated)
 
   def evaluate(state) -> dict[str, float]:
     step = state["step"]
@@ -226,16 +250,21 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                          ("deployed", finalize_fn(state["params"]))):
       sums = None
       for batch in task.eval_batches():
-        batch_sums = eval_step(params, batch)
+        batch_sums = eval_step(params, sharding_lib.global_batch(
+            sharding_lib.pad_rows(batch, eval_rows), batch_sharding))
         sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
       sums = jax.device_get(sums)
       count = max(float(sums.pop("count")), 1.0)
       tokens = max(float(sums.pop("tokens", count)), 1.0)
+      # "X_per_<unit>" is divided by the sum "<unit>s" when eval_fn returns one (e.g. bytes).
+      units = {k.rpartition("_per_")[2] + "s" for k in sums if "_per_" in k} - {"tokens"}
+      totals = {u: max(float(sums.pop(u)), 1.0) for u in units if u in sums}
       for key, value in sums.items():
         denominator = tokens if key.startswith("token_") or key.endswith("_per_token") else count
+        denominator = totals.get(key.rpartition("_per_")[2] + "s", denominator)
         out[f"{kind}_{key}"] = float(value) / denominator
       if task.extra_eval is not None:
-        for key, value in task.extra_eval(params).items():
+        for key, value in task.extra_eval(sharding_lib.to_auto(params, mesh)).items():
           out[f"{kind}_{key}"] = float(value)
     return out
 
@@ -256,7 +285,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     while step < total_steps:
       batch = task.train_source.train_batch(step)
       local_batch = local_batch or len(batch[task.examples_key])
-      state, metrics = train_step(state, batch)
+      state, metrics = train_step(state, sharding_lib.global_batch(batch, batch_sharding))
       pending.append((step, metrics))
       if noise_every and step % noise_every == 0 and is_main:
         writer.write(step + 1, "noise", jax.device_get(metrics["noise"]))

@@ -272,3 +272,23 @@ def test_missing_dataset_error_is_actionable(tmp_path):
   assert isinstance(info.value, text.DatasetNotFoundError)
   assert "glue/sst2" in message and str(tmp_path) in message and ":demo" in message
   assert f"tfds build glue/sst2 --file_format=array_record --data_dir={tmp_path}" in message
+
+
+def test_byt5_span_length_and_capped_eval_sweep():
+  source = shakespeare.ShakespeareSpanCorruption(global_batch_size=4, seed=0, input_length=128,
+                                                 mean_noise_span_length=20.0, num_eval_examples=10)
+  t = source.tokenizer
+  assert (source.raw_length, source.target_length) == sc.random_spans_helper(128, 0.15, 20.0)
+  batch = source.train_batch(0)
+  assert (batch["inputs"] > 0).sum(axis=1).tolist() == [128] * 4
+  assert all(t.is_sentinel(row).sum() == 1 for row in batch["inputs"])  # 21 noise bytes: one span
+  restored = sc.reconstruct(batch["inputs"][1], batch["targets"][1], t.vocab_size, t.num_extra_ids)
+  assert len(restored) == source.raw_length
+  full = shakespeare.ShakespeareSpanCorruption(global_batch_size=4, seed=0, input_length=128)
+  assert source.num_eval == 10 and full.num_eval > 1000
+  # Capped sweeps take evenly spaced windows: the last one lies near the end of the held-out text.
+  assert source._eval_starts[-1] > 0.85 * source._eval_tokens.size
+  genre = shakespeare.ShakespeareClassification(global_batch_size=4, seed=0, num_eval_examples=60)
+  assert genre.num_eval == 60 and len(set(genre.eval_labels.tolist())) > 3
+  with pytest.raises(ValueError, match="num_eval_examples"):
+    shakespeare.ShakespeareClassification(global_batch_size=4, seed=0, num_eval_examples=-1)

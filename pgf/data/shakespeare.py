@@ -15,7 +15,8 @@ no passage of an evaluated play was seen in training. Two sources share `pgf.dat
   real fine-tuning task (a stand-in for GLUE), with a majority-class baseline.
 
 `train_batch` always samples the training plays; `split` picks what `eval_batches` sweeps ("heldout",
-alias "eval"/"validation"/"test", or "train" to measure memorisation).
+alias "eval"/"validation"/"test", or "train" to measure memorisation), and `num_eval_examples` caps the
+sweep at that many evenly spaced examples (CPU demos evaluate often).
 """
 
 from __future__ import annotations
@@ -132,29 +133,50 @@ def corpus_statistics() -> dict:
   }
 
 
+def _capped(available: int, cap: int | None) -> int:
+  if cap is not None and cap < 0:
+    raise ValueError(f"num_eval_examples={cap}: must be >= 0 (0 or None = the whole split).")
+  return min(available, cap or available)
+
+
+def _evenly_spaced(available: int, count: int) -> np.ndarray:
+  """`count` indices spread over [0, available); all of them, in order, when count == available."""
+  return np.arange(count, dtype=np.int64) * available // max(count, 1)
+
+
 class ShakespeareSpanCorruption(TextSource):
   """Span corruption over byte (or SentencePiece) windows of the plays; the offline C4 stand-in.
 
   Windows hold `raw_length` tokens, chosen with `random_spans_helper` so corrupted inputs fill
-  `input_length` exactly; `target_length` defaults to the matching targets length.
+  `input_length` exactly; `target_length` defaults to the matching targets length. Noise density and
+  mean span length default to T5's 0.15 and 3; ByT5 (Xue et al. 2022) keeps 0.15 but masks spans of
+  20 bytes on average, because a 3-byte span is a fragment of a word: too local a task for bytes.
   """
 
   def __init__(self, split: str = "heldout", global_batch_size: int = 32, seed: int = 0,
                input_length: int = 256, target_length: int | None = None, tokenizer=None,
-               process_index: int = 0, process_count: int = 1, eval_global_batch_size: int | None = None):
+               process_index: int = 0, process_count: int = 1, eval_global_batch_size: int | None = None,
+               num_eval_examples: int | None = None, noise_density: float = span_corruption.NOISE_DENSITY,
+               mean_noise_span_length: float = span_corruption.MEAN_NOISE_SPAN_LENGTH):
     tokenizer = tokenizer or ByteTokenizer()
-    self.raw_length, natural_targets = span_corruption.random_spans_helper(input_length)
+    self.noise_density, self.mean_noise_span_length = noise_density, mean_noise_span_length
+    self.raw_length, natural_targets = span_corruption.random_spans_helper(
+        input_length, noise_density, mean_noise_span_length)
     super().__init__(global_batch_size, seed, input_length, target_length or natural_targets, tokenizer,
                      process_index, process_count, eval_global_batch_size)
     self.split = _canonical_split(split)
     self._train_tokens = tokenizer.encode(split_text("train"))
     self._eval_tokens = tokenizer.encode(split_text(self.split))
     self.num_train = (self._train_tokens.size - self.raw_length + 1) // self.raw_length
-    self.num_eval = self._eval_tokens.size // self.raw_length
+    windows = self._eval_tokens.size // self.raw_length
+    self.num_eval = _capped(windows, num_eval_examples)
+    # Evenly spaced windows: a capped eval still samples every evaluated play, not just the first.
+    self._eval_starts = _evenly_spaced(windows, self.num_eval) * self.raw_length
 
   def _corrupt(self, window: np.ndarray, rng: np.random.Generator):
     t = self.tokenizer
-    return span_corruption.span_corrupt(window, rng, t.vocab_size, t.eos_id, num_extra_ids=t.num_extra_ids)
+    return span_corruption.span_corrupt(window, rng, t.vocab_size, t.eos_id, self.noise_density,
+                                        self.mean_noise_span_length, num_extra_ids=t.num_extra_ids)
 
   def _train_example(self, index, epoch, rng):
     offset = int(np.random.default_rng([self.seed, _OFFSET_TAG, epoch]).integers(self.raw_length))
@@ -162,7 +184,7 @@ class ShakespeareSpanCorruption(TextSource):
     return self._corrupt(self._train_tokens[start:start + self.raw_length], rng)
 
   def _eval_example(self, index):
-    start = index * self.raw_length
+    start = int(self._eval_starts[index])
     return self._corrupt(self._eval_tokens[start:start + self.raw_length], self.eval_rng(index))
 
 
@@ -178,7 +200,7 @@ class ShakespeareClassification(TextSource):
   def __init__(self, split: str = "heldout", global_batch_size: int = 32, seed: int = 0,
                input_length: int = 256, target_length: int | None = None, tokenizer=None, task: str = "genre",
                lines_per_example: int = 4, process_index: int = 0, process_count: int = 1,
-               eval_global_batch_size: int | None = None):
+               eval_global_batch_size: int | None = None, num_eval_examples: int | None = None):
     if task != "genre":
       raise ValueError(f"Unknown task {task!r}: only 'genre' has labels that transfer to held-out plays.")
     tokenizer = tokenizer or ByteTokenizer()
@@ -188,7 +210,9 @@ class ShakespeareClassification(TextSource):
                      process_count, eval_global_batch_size)
     self.split, self.task, self.lines_per_example = _canonical_split(split), task, lines_per_example
     self._train_texts, self.train_labels = self._passages("train")
-    self._eval_texts, self.eval_labels = self._passages(self.split)
+    eval_texts, eval_labels = self._passages(self.split)
+    keep = _evenly_spaced(len(eval_texts), _capped(len(eval_texts), num_eval_examples))
+    self._eval_texts, self.eval_labels = [eval_texts[i] for i in keep], eval_labels[keep]
     self.num_train, self.num_eval = len(self._train_texts), len(self._eval_texts)
     eos = [self.tokenizer.eos_id]
     self.label_token_ids = tuple(np.asarray(list(self.tokenizer.encode(name)) + eos, np.int32)

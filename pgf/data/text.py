@@ -201,13 +201,17 @@ def _text(value: Any) -> str:
 
 
 class C4SpanCorruption(TextSource):
-  """TFDS `c4/en` (field "text") turned into T5 span-corruption examples (density 0.15, mean span 3)."""
+  """TFDS `c4/en` (field "text") as T5 span-corruption examples (default density 0.15, mean span 3)."""
 
   def __init__(self, global_batch_size: int, seed: int, tokenizer, input_length: int = 512,
                target_length: int | None = None, data_dir: str | None = None, name: str = "c4/en",
                train_split: str = "train", eval_split: str = "validation", num_eval_examples: int | None = None,
-               process_index: int = 0, process_count: int = 1, eval_global_batch_size: int | None = None):
-    self.raw_length, natural_targets = span_corruption.random_spans_helper(input_length)
+               process_index: int = 0, process_count: int = 1, eval_global_batch_size: int | None = None,
+               noise_density: float = span_corruption.NOISE_DENSITY,
+               mean_noise_span_length: float = span_corruption.MEAN_NOISE_SPAN_LENGTH):
+    self.noise_density, self.mean_noise_span_length = noise_density, mean_noise_span_length
+    self.raw_length, natural_targets = span_corruption.random_spans_helper(
+        input_length, noise_density, mean_noise_span_length)
     super().__init__(global_batch_size, seed, input_length, target_length or natural_targets, tokenizer,
                      process_index, process_count, eval_global_batch_size)
     self._train = open_tfds_split(name, train_split, data_dir)
@@ -229,7 +233,8 @@ class C4SpanCorruption(TextSource):
 
   def _corrupt(self, tokens: np.ndarray, rng: np.random.Generator):
     t = self.tokenizer
-    return span_corruption.span_corrupt(tokens, rng, t.vocab_size, t.eos_id, num_extra_ids=t.num_extra_ids)
+    return span_corruption.span_corrupt(tokens, rng, t.vocab_size, t.eos_id, self.noise_density,
+                                        self.mean_noise_span_length, num_extra_ids=t.num_extra_ids)
 
   def _train_example(self, index, epoch, rng):
     return self._corrupt(self._window(self._train, index, rng), rng)
@@ -306,3 +311,64 @@ class GlueClassification(TextSource):
 
   def _eval_example(self, index):
     return self._encode(self._eval[index])
+
+
+# T5's GLUE fine-tuning mixture: every task above except wnli, which T5 leaves out of training (its
+# validation set is adversarial to its train set) and reports at the majority-class level.
+GLUE_MIXTURE_TASKS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")
+
+
+class GlueMixture(TextSource):
+  """Several GLUE tasks as one text-to-text stream, mixed in proportion to their sizes.
+
+  Examples-proportional mixing without a cap is sampling uniformly from the concatenation of the train
+  splits, which is what this does (T5's `glue_v002_proportional` caps each task's rate; GLUE's largest
+  task, qqp/mnli, is far below where the cap matters for 100k fine-tuning steps at batch 128). Eval sweeps
+  the concatenated validation splits; eval batches carry `task` (index into `tasks`, -1 on padding) so a
+  caller can score every task separately and average, as the GLUE score does.
+  """
+
+  def __init__(self, global_batch_size: int, seed: int, tokenizer, input_length: int = 512,
+               target_length: int | None = None, data_dir: str | None = None,
+               tasks: Sequence[str] = GLUE_MIXTURE_TASKS, process_index: int = 0, process_count: int = 1,
+               eval_global_batch_size: int | None = None):
+    unknown = sorted(set(tasks) - set(GLUE_TASKS))
+    if unknown or not tasks:
+      raise ValueError(f"GLUE tasks {unknown or list(tasks)} unsupported; choose from {sorted(GLUE_TASKS)}.")
+    self.tasks = tuple(tasks)
+    words = [w for t in self.tasks for w in (GLUE_TASKS[t][1] or ("0.0", "5.0"))]
+    target_length = label_target_length(tokenizer, words, target_length)
+    super().__init__(global_batch_size, seed, input_length, target_length, tokenizer, process_index,
+                     process_count, eval_global_batch_size)
+    self._train = [open_tfds_split(f"glue/{t}", "train", data_dir) for t in self.tasks]
+    self._eval = [open_tfds_split(f"glue/{t}", GLUE_TASKS[t][2], data_dir) for t in self.tasks]
+    self._train_offsets = np.cumsum([0] + [len(s) for s in self._train])
+    self._eval_offsets = np.cumsum([0] + [len(s) for s in self._eval])
+    self.num_train, self.num_eval = int(self._train_offsets[-1]), int(self._eval_offsets[-1])
+
+  @staticmethod
+  def _locate(offsets: np.ndarray, index: int) -> tuple[int, int]:
+    task = int(np.searchsorted(offsets, index, side="right")) - 1
+    return task, index - int(offsets[task])
+
+  def _encode(self, task: str, example: dict) -> tuple[np.ndarray, np.ndarray]:
+    text, target = glue_text_pair(task, example)
+    eos = np.array([self.tokenizer.eos_id], np.int32)
+    return (np.concatenate([self.tokenizer.encode(text), eos]),
+            np.concatenate([self.tokenizer.encode(target), eos]))
+
+  def _train_example(self, index, epoch, rng):
+    task, local = self._locate(self._train_offsets, index)
+    return self._encode(self.tasks[task], self._train[task][local])
+
+  def _eval_example(self, index):
+    task, local = self._locate(self._eval_offsets, index)
+    return self._encode(self.tasks[task], self._eval[task][local])
+
+  def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
+    sweep = base.eval_index_batches(self.num_eval, self.eval_global_batch_size, self.process_index,
+                                    self.process_count)
+    for batch, (indices, valid) in zip(super().eval_batches(), sweep):
+      task = np.searchsorted(self._eval_offsets, indices, side="right") - 1
+      batch["task"] = np.where(valid, task, -1).astype(np.int32)
+      yield batch

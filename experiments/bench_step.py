@@ -1,0 +1,202 @@
+r"""Benchmark: train-step throughput of every pgf method against dense, in one process.
+
+Each method gets the same model, batch, optimizer chain (gradient_flow -> clip -> AdamW, as in
+`pgf.train`) and mesh, starting 40% into training (MDGF decaying, SDGF in a middle stage, so
+masks are live). Methods run interleaved, in a rotating order, for several rounds; the ratio
+column is the median over rounds of (method step time / dense step time in the same round), so
+machine load that drifts during the run cancels out.
+
+  python experiments/bench_step.py                      # ViT-S/16, batch 32, 224px, CPU
+  python experiments/bench_step.py --variant=B/16 --batch=128 --rounds=5   # e.g. on a GPU
+  python experiments/bench_step.py --mesh=data=-1,fsdp=2 --methods=dense,mdgf_exp
+  python experiments/bench_step.py --config=configs/t5_1_8_qkv_1_8.py:demo   # T5, embedded data
+
+ViT configs train on random images (`--image-size`), other configs on their task's own data
+(use a `:demo` config to stay offline). Prints a markdown table; the goal for ViT-S/16 at batch
+32 on CPU is a ratio <= 1.03 for every method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+import optax  # pylint: disable=g-import-not-at-top
+
+import pgf  # pylint: disable=g-import-not-at-top
+from pgf import config_lib, sharding  # pylint: disable=g-import-not-at-top
+from pgf.train import build_optimizer, build_recipe  # pylint: disable=g-import-not-at-top
+
+START_FRACTION = 0.4
+TOTAL_STEPS = 10_000
+
+
+def parse_mesh(text: str) -> dict:
+  """"data=-1,fsdp=2" -> {"data": -1, "fsdp": 2} (axis_types stays a string)."""
+  out = {}
+  for item in filter(None, text.split(",")):
+    key, _, value = item.partition("=")
+    out[key.strip()] = value.strip() if key.strip() == "axis_types" else int(value)
+  return out
+
+
+def synthetic_vit(config, image_size: int, batch: int, num_classes: int = 1000):
+  """(init_fn, loss_fn, batch) for the config's ViT on random images and labels."""
+  from pgf.models import vit as vit_lib  # pylint: disable=g-import-not-at-top
+  variant = vit_lib.decode_variant(config.model.variant)
+  model = vit_lib.ViT(
+      num_classes=num_classes, pool_type=config.model.pool_type, dropout=config.model.dropout,
+      attention_dropout=config.model.get("attention_dropout", 0.0),
+      drop_path=config.model.drop_path, dtype=jnp.dtype(config.model.get("dtype", "float32")),
+      **{k: config.model.get(k, v) for k, v in variant.items()})
+  rng = np.random.default_rng(0)
+  data = {"image": rng.normal(size=(batch, image_size, image_size, 3)).astype(np.float32),
+          "label": rng.integers(0, num_classes, size=(batch,)).astype(np.int32)}
+
+  def init_fn(key):
+    return model.init({"params": key}, data["image"][:1], train=False)["params"]
+
+  def loss_fn(params, batch, key, train):
+    logits = model.apply({"params": params}, batch["image"], train=train,
+                         rngs={"dropout": key})
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                           batch["label"]).mean()
+    return loss, {}
+
+  return init_fn, loss_fn, data
+
+
+def task_based(config):
+  """(init_fn, loss_fn, batch) from the config's own task and its first training batch."""
+  from pgf.tasks import build_task  # pylint: disable=g-import-not-at-top
+  task = build_task(config)
+  return task.init_fn, task.loss_fn, task.train_source.train_batch(0)
+
+
+def at_step(state, step: int):
+  """The train state moved to `step`: the loop's counter and gradient_flow's count agree."""
+  is_flow = lambda x: isinstance(x, (pgf.GradientFlowState, pgf.GradientFlowMaskState))
+  # Separate scalars: the step is donated, and one buffer cannot be donated twice.
+  opt_state = jax.tree.map(lambda x: x._replace(count=jnp.int32(step)) if is_flow(x) else x,
+                           state["opt_state"], is_leaf=is_flow)
+  return {"step": jnp.int32(step), "params": state["params"], "opt_state": opt_state}
+
+
+def build_method(config, method: str, init_fn, loss_fn, mesh):
+  """(jitted step, initial state, batch sharding) for one method, as pgf.train builds them."""
+  config = config_lib.apply_overrides(config.copy_and_resolve_references(),
+                                      {"sparsity.method": method})
+  recipe = build_recipe(config, TOTAL_STEPS)
+  tx, _ = build_optimizer(config, recipe, TOTAL_STEPS, warmup_steps=TOTAL_STEPS // 20)
+  model_loss = sharding.auto_model(lambda p, b, r: loss_fn(p, b, r, True), mesh)
+  masks_of = lambda opt_state: (pgf.masks_from_state(opt_state)
+                                if recipe.mask_update_every > 1 else None)
+
+  def init_state(key):
+    params = init_fn(key)
+    return {"step": jnp.zeros([], jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+  def train_step(state, batch):
+    step = state["step"]
+
+    def loss(params):
+      effective = pgf.sparsify(params, recipe, step, masks=masks_of(state["opt_state"]))
+      return model_loss(effective, batch, jax.random.fold_in(jax.random.key(1), step))
+
+    (value, _), grads = jax.value_and_grad(loss, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    return {"step": step + 1, "params": params, "opt_state": opt_state}, value
+
+  abstract = jax.eval_shape(init_state, jax.random.key(0))
+  shardings = sharding.tree_shardings(abstract, mesh, sharding.rules_of(config))
+  state = sharding.jit(init_state, mesh, out_shardings=shardings)(jax.random.key(0))
+  state = jax.device_put(at_step(state, int(START_FRACTION * TOTAL_STEPS)), shardings)
+  step = sharding.jit(train_step, mesh, donate_argnums=(0,),
+                      in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                      out_shardings=(shardings, sharding.replicated(mesh)))
+  return step, state
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default="configs/vit_1_16.py")
+  parser.add_argument("--variant", default="S/16", help="ViT variant ('' keeps the config's)")
+  parser.add_argument("--batch", type=int, default=32, help="global batch size")
+  parser.add_argument("--image-size", type=int, default=224)
+  parser.add_argument("--mesh", default="", help="e.g. data=-1,fsdp=2,model=1,axis_types=auto")
+  # sdgf_custom needs user-given stages; its step is sdgf_stepwise's with other patterns.
+  parser.add_argument("--methods", default=",".join(m for m in pgf.METHODS if m != "sdgf_custom"))
+  parser.add_argument("--steps", type=int, default=2, help="timed steps per method per round")
+  parser.add_argument("--rounds", type=int, default=5)
+  args = parser.parse_args()
+
+  config = config_lib.load(os.path.join(ROOT, args.config) if not os.path.isfile(args.config)
+                           else args.config)
+  config.batch_size = args.batch
+  if args.mesh or not config.get("mesh"):
+    config_lib.add_sharding(config, **parse_mesh(args.mesh),
+                            rules=config.get("sharding_rules") or None)
+  is_vit = config.model.name == "vit"
+  if is_vit and args.variant:
+    config.model.variant = args.variant
+  init_fn, loss_fn, local_batch = (synthetic_vit(config, args.image_size, args.batch) if is_vit
+                                   else task_based(config))
+  problems = sharding.config_problems(config, jax.device_count())
+  if problems:
+    raise SystemExit("Invalid config:\n  - " + "\n  - ".join(problems))
+  mesh = sharding.build_mesh(config.mesh)
+  batch = sharding.global_batch(local_batch, sharding.batch_sharding(mesh))
+  methods = args.methods.split(",")
+  if "dense" not in methods:
+    methods.insert(0, "dense")
+
+  steps, states = {}, {}
+  for method in methods:
+    start = time.perf_counter()
+    steps[method], states[method] = build_method(config, method, init_fn, loss_fn, mesh)
+    for _ in range(2):  # compile, then one step that touches everything once
+      states[method], loss = steps[method](states[method], batch)
+    jax.block_until_ready(loss)
+    print(f"# {method}: compiled and warmed up in {time.perf_counter() - start:.1f}s",
+          flush=True)
+
+  times = {method: [] for method in methods}
+  for r in range(args.rounds):
+    order = methods[r % len(methods):] + methods[:r % len(methods)]
+    for method in (order if r % 2 == 0 else order[::-1]):
+      start = time.perf_counter()
+      for _ in range(args.steps):
+        states[method], loss = steps[method](states[method], batch)
+      jax.block_until_ready(loss)
+      times[method].append((time.perf_counter() - start) / args.steps)
+    print(f"# round {r + 1}/{args.rounds}: " + " ".join(
+        f"{m} {1e3 * times[m][-1]:.0f}ms" for m in methods), flush=True)
+
+  ff = ",".join(f"{rule[1]}" for rule in config.sparsity.rules) or "none"
+  print(f"\n{config.model.name} {config.model.variant}, batch {args.batch}"
+        f"{f', {args.image_size}px' if is_vit else ''}, rules {ff}, mesh "
+        f"{dict(mesh.shape)} {mesh.axis_types[0].name}, {jax.device_count()} x "
+        f"{jax.devices()[0].device_kind}, jax {jax.__version__}; {args.rounds} rounds x "
+        f"{args.steps} steps, methods interleaved\n")
+  print("| method | step ms (median) | steps/s | examples/s | step / dense (median of rounds) "
+        "| min-max ratio |")
+  print("|---|---|---|---|---|---|")
+  for method in methods:
+    median = statistics.median(times[method])
+    ratios = [t / d for t, d in zip(times[method], times["dense"])]
+    print(f"| {method} | {1e3 * median:.1f} | {1 / median:.3f} | {args.batch / median:.1f} "
+          f"| {statistics.median(ratios):.3f} | {min(ratios):.3f}-{max(ratios):.3f} |")
+
+
+if __name__ == "__main__":
+  main()

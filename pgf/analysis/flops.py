@@ -1,0 +1,485 @@
+r"""FLOPs of N:M-sparse transformers: inference per example, and training for a whole recipe.
+
+    python -m pgf.analysis.flops --config=configs/vit_1_16.py
+    python -m pgf.analysis.flops --config=configs/vit_1_16.py:demo --class_token
+
+Counting convention (it reproduces PAPER.md Appendix D; see tests/test_flops.py):
+
+* a matmul of an (a, k) by a (k, b) operand costs 2·a·k·b FLOPs (a multiply and an add per
+  multiply-accumulate);
+* a kernel under an N:M rule costs its dense FLOPs times N/M (only kept weights are multiplied);
+* counted are the transformer's matmuls: attention (Q, K, V projections, the QK^T scores, the
+  weighted sum of V, the output projection) and the MLP. Softmax, norms, biases, activations
+  and residual adds are not. The patch embedding and the classifier head (T5: the logits
+  projection) are listed as the groups "embedding" and "head" and left out of totals unless
+  `groups` names them;
+* 1 GFLOP = 10^9 FLOPs (not 2^30);
+* ViT tokens are the patches only, 196 at 224/16: the class token is not counted
+  (`class_token=True` counts it; then self-attention is 12.59 GFLOPs, not the paper's 12.51).
+
+ViT-B/16 at 224 then costs 12.5143 GFLOPs of self-attention and 22.1963 · N/M of MLP:
+dense 34.7106, 2:4 23.6124, 1:4 18.0634, 1:8 15.2888, 1:16 13.9016, 1:32 13.2079,
+1:128 12.6877. Rounded, these are the paper's numbers except 1:32, which the paper prints as
+13.20 (13.2079 truncated). No count that is affine in N/M rounds to all seven printed values
+(1:8, 1:32 and 1:128 contradict each other), so the paper must have truncated that one entry.
+
+Training FLOPs of a recipe sum, over its steps, forward + backward, with the backward costing
+twice the forward (input and weight gradients, each a matmul of the forward's size; the paper's
+convention). A step's forward density follows the recipe (`pgf.analysis.schedule`): 1 in the
+dense phase and whenever D(j) > 0 (MDGF keeps every weight non-zero in the forward pass, so a
+kernel cannot skip any), the stage's N/M in SDGF, the target N/M for STE / SR-STE and in
+fine-tuning. `dense_weight_gradient=True` instead charges the weight gradient at dense cost,
+which is what a straight-through estimator needs (it updates pruned weights too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from pgf.analysis.schedule import schedule_arrays
+from pgf.recipes import Recipe
+
+__all__ = ["Matmul", "vit_matmuls", "t5_matmuls", "matmuls_from_config", "as_recipe",
+           "inference_flops", "training_flops_per_step", "training_flops", "COUNTED_GROUPS",
+           "PAPER_PATTERNS", "GFLOP"]
+
+GFLOP = 1e9
+COUNTED_GROUPS = ("attention", "mlp")
+ALL_GROUPS = ("attention", "mlp", "embedding", "head")
+# The FF patterns of the paper's Appendix D table.
+PAPER_PATTERNS = ("2:4", "1:4", "1:8", "1:16", "1:32", "1:128")
+_VIT_CLASSES = {"imagenet2012": 1000, "cifar10": 10, "digits": 10}
+
+
+@dataclasses.dataclass(frozen=True)
+class Matmul:
+  """One matmul of a forward pass, per example (image or sequence).
+
+  Attributes:
+    name: the kernel's parameter path (what sparsity rules match), or for a product of two
+      activations the layer path plus "/scores" or "/weighted_sum".
+    group: "attention", "mlp", "embedding" or "head".
+    rows: rows of the activation operand (tokens).
+    k: contracting length (what an N:M group of M must divide).
+    cols: output features.
+    kernel: False for activation x activation products, which no rule can sparsify.
+  """
+  name: str
+  group: str
+  rows: int
+  k: int
+  cols: int
+  kernel: bool = True
+
+  @property
+  def flops(self) -> int:
+    """Dense FLOPs: 2 per multiply-accumulate."""
+    return 2 * self.rows * self.k * self.cols
+
+
+# ----------------------------------------------------------------------------- models
+def vit_matmuls(dims: str | Mapping[str, int] = "B/16", image_size: int = 224,
+                channels: int = 3, num_classes: int = 1000,
+                class_token: bool = False) -> tuple[Matmul, ...]:
+  """The matmuls of a pgf ViT (pgf/models/vit.py) on one image.
+
+  Args:
+    dims: a variant such as "B/16", or a dict with width, depth, mlp_dim, num_heads and
+      patch_size (e.g. `decode_variant("Ti/4")` with overrides).
+    image_size: square input side; must be divisible by the patch size.
+    channels, num_classes: only the "embedding" and "head" groups depend on them.
+    class_token: count the class token as a token (the paper does not).
+  """
+  from pgf.models.vit import decode_variant  # pylint: disable=g-import-not-at-top
+  dims = decode_variant(dims) if isinstance(dims, str) else dict(dims)
+  missing = {"width", "depth", "mlp_dim", "num_heads", "patch_size"} - set(dims)
+  if missing:
+    raise ValueError(f"ViT dims {dims!r} lack {sorted(missing)} (a variant like 'B/16' "
+                     "names the patch size after the slash)")
+  width, patch = int(dims["width"]), int(dims["patch_size"])
+  if image_size % patch:
+    raise ValueError(f"image_size={image_size} is not divisible by patch_size={patch}")
+  if width % dims["num_heads"]:
+    raise ValueError(f"width={width} is not divisible by num_heads={dims['num_heads']}")
+  patches = (image_size // patch) ** 2
+  tokens = patches + int(bool(class_token))
+  out = [Matmul("embedding/kernel", "embedding", patches, patch * patch * channels, width)]
+  for i in range(int(dims["depth"])):
+    block = f"encoder/encoderblock_{i}"
+    for name in ("query", "key", "value"):
+      out.append(Matmul(f"{block}/attn/{name}/kernel", "attention", tokens, width, width))
+    # Per head: (T, head_dim) x (head_dim, T) scores, then (T, T) x (T, head_dim); summed over
+    # heads that is T x width x T MACs each.
+    out.append(Matmul(f"{block}/attn/scores", "attention", tokens, width, tokens, False))
+    out.append(Matmul(f"{block}/attn/weighted_sum", "attention", tokens, tokens, width, False))
+    out.append(Matmul(f"{block}/attn/out/kernel", "attention", tokens, width, width))
+    out.append(Matmul(f"{block}/mlp/fc1/kernel", "mlp", tokens, width, int(dims["mlp_dim"])))
+    out.append(Matmul(f"{block}/mlp/fc2/kernel", "mlp", tokens, int(dims["mlp_dim"]), width))
+  out.append(Matmul("head/kernel", "head", 1, width, num_classes))
+  return tuple(out)
+
+
+def _attention(prefix: str, q_len: int, kv_len: int, emb: int, inner: int) -> list[Matmul]:
+  return [
+      Matmul(f"{prefix}/query/kernel", "attention", q_len, emb, inner),
+      Matmul(f"{prefix}/key/kernel", "attention", kv_len, emb, inner),
+      Matmul(f"{prefix}/value/kernel", "attention", kv_len, emb, inner),
+      Matmul(f"{prefix}/scores", "attention", q_len, inner, kv_len, False),
+      Matmul(f"{prefix}/weighted_sum", "attention", q_len, kv_len, inner, False),
+      Matmul(f"{prefix}/out/kernel", "attention", q_len, inner, emb),
+  ]
+
+
+def _t5_mlp(prefix: str, length: int, emb: int, mlp: int) -> list[Matmul]:
+  return [Matmul(f"{prefix}/mlp/wi_0/kernel", "mlp", length, emb, mlp),
+          Matmul(f"{prefix}/mlp/wi_1/kernel", "mlp", length, emb, mlp),
+          Matmul(f"{prefix}/mlp/wo/kernel", "mlp", length, mlp, emb)]
+
+
+def t5_matmuls(config: Any = "base", input_length: int = 512,
+               target_length: int = 114) -> tuple[Matmul, ...]:
+  """The matmuls of a pgf T5 (pgf/models/t5.py) on one (input, target) sequence pair.
+
+  Args:
+    config: a `T5Config` or a variant name ("tiny", "small", "base", "large").
+    input_length, target_length: encoder and decoder tokens. Decoder self-attention is
+      counted over the full target_length² scores (a causal mask does not skip the matmul).
+
+  Cross-attention keys and values are computed once from the encoder output. The token
+  embedding is a lookup (no FLOPs); the logits projection is the "head" group.
+  """
+  from pgf.models import t5 as t5_lib  # pylint: disable=g-import-not-at-top
+  c = t5_lib.get_config(config) if isinstance(config, str) else config
+  for name, value in (("input_length", input_length), ("target_length", target_length)):
+    if not isinstance(value, (int, np.integer)) or value <= 0:
+      raise ValueError(f"{name}={value!r}: must be a positive int")
+  emb, inner, mlp = c.emb_dim, c.num_heads * c.head_dim, c.mlp_dim
+  out = []
+  for i in range(c.num_encoder_layers):
+    layer = f"encoder/layers_{i}"
+    out += _attention(f"{layer}/attention", input_length, input_length, emb, inner)
+    out += _t5_mlp(layer, input_length, emb, mlp)
+  for i in range(c.num_decoder_layers):
+    layer = f"decoder/layers_{i}"
+    out += _attention(f"{layer}/self_attention", target_length, target_length, emb, inner)
+    out += _attention(f"{layer}/encoder_decoder_attention", target_length, input_length, emb,
+                      inner)
+    out += _t5_mlp(layer, target_length, emb, mlp)
+  head = "token_embedder/embedding" if c.logits_via_embedding else "decoder/logits_dense/kernel"
+  out.append(Matmul(head, "head", target_length, emb, c.vocab_size))
+  return tuple(out)
+
+
+def matmuls_from_config(config, class_token: bool = False, input_length: int | None = None,
+                        target_length: int | None = None) -> tuple[Matmul, ...]:
+  """The matmuls of the model a pgf config (configs/*.py) trains, per example."""
+  model = config.model
+  if model.get("name") == "vit":
+    from pgf.models.vit import decode_variant  # pylint: disable=g-import-not-at-top
+    dims = decode_variant(model.variant)
+    dims.update({k: model[k] for k in ("width", "depth", "mlp_dim", "num_heads", "patch_size")
+                 if k in model})
+    if "patch_size" not in dims:
+      raise ValueError(f"config.model.variant={model.variant!r}: needs a patch size, e.g. 'B/16'")
+    data = config.data
+    # Only a "tok" model has a class token; "gap" pools the patch tokens.
+    class_token = class_token and model.get("pool_type", "tok") == "tok"
+    return vit_matmuls(dims, int(data.image_size), int(data.get("channels", 3)),
+                       _VIT_CLASSES.get(data.get("name"), 1000), class_token)
+  if model.get("name") == "t5":
+    return _t5_from_config(config, input_length, target_length)
+  raise ValueError(f"config.model.name={model.get('name')!r}: expected 'vit' or 't5'")
+
+
+def _t5_from_config(config, input_length: int | None, target_length: int | None):
+  """T5 sizes, vocabulary and sequence lengths the way pgf/text_tasks.py derives them."""
+  from pgf import text_tasks  # pylint: disable=g-import-not-at-top
+  from pgf.data import span_corruption  # pylint: disable=g-import-not-at-top
+  from pgf.models import t5 as t5_lib  # pylint: disable=g-import-not-at-top
+  model, data = config.model, config.data
+  sizes = {k: model.get(k) for k in t5_lib.VARIANTS["base"] if model.get(k) is not None}
+  tokenizer = text_tasks.build_tokenizer(data)
+  c = t5_lib.get_config(model.get("variant", "base"),
+                        text_tasks.model_vocab_size(config, tokenizer),
+                        logits_via_embedding=model.get("logits_via_embedding", False), **sizes)
+  input_length = input_length or data.get("input_length")
+  if not input_length:
+    raise ValueError("config.data.input_length is not set: pass --input_length")
+  target_length = target_length or data.get("target_length") or None
+  if target_length is None:
+    if text_tasks.dataset_kind(data.name) == "span_corruption":
+      target_length = span_corruption.random_spans_helper(input_length)[1]
+    else:
+      target_length = _label_length(config, tokenizer)
+  return t5_matmuls(c, int(input_length), int(target_length))
+
+
+def _label_length(config, tokenizer) -> int:
+  """Targets length of a classification dataset: its longest label plus EOS (as its source)."""
+  from pgf import text_tasks  # pylint: disable=g-import-not-at-top
+  from pgf.data import text  # pylint: disable=g-import-not-at-top
+  name = config.data.name
+  if name == "glue" or name.startswith("glue/"):
+    # GLUE's labels are static, so no TFDS data is needed (regression tasks print "0.0".."5.0").
+    tasks = text.GLUE_MIXTURE_TASKS if name == "glue" else (name[len("glue/"):],)
+    words = [w for t in tasks for w in (text.GLUE_TASKS[t][1] or ("0.0", "5.0"))]
+    return text.label_target_length(tokenizer, words, None)
+  try:
+    return text_tasks.build_text_source(config, tokenizer).target_length
+  except (ValueError, OSError, KeyError) as e:
+    raise ValueError(f"config.data.target_length=0 and the {name!r} data could not be opened "
+                     f"to measure its labels ({e}): pass --target_length") from e
+
+
+# ----------------------------------------------------------------------------- densities
+def as_recipe(rules) -> Recipe:
+  """A Recipe from a Recipe, ((regex, "N:M"), ...) rules, or None (dense).
+
+  For inference only the rules' targets matter, so bare rules become a "dense" recipe (which
+  validates them without phase constraints).
+  """
+  if isinstance(rules, Recipe):
+    return rules
+  return Recipe(method="dense", rules=tuple(rules or ()))
+
+
+def _rule_of_matmuls(matmuls: Sequence[Matmul], recipe: Recipe) -> list[int | None]:
+  """Rule index per matmul (None: dense), after checking each rule fits its kernels."""
+  index = [recipe.rule_for(mm.name) if mm.kernel else None for mm in matmuls]
+  problems = []
+  for i, rule in enumerate(recipe.rules):
+    matched = [mm for mm, r in zip(matmuls, index) if r == i]
+    if not matched:
+      example = next((mm.name for mm in matmuls if mm.kernel), "")
+      problems.append(f"rules[{i}] pattern {rule.pattern!r} matches no kernel of this model "
+                      f"(names look like {example!r})")
+    for mm in matched:
+      for n, m in recipe.stages(rule):
+        if mm.k % m:
+          problems.append(f"{mm.name}: rules[{i}] '{n}:{m}' needs the contracting length "
+                          f"{mm.k} to be divisible by {m}")
+  if problems:
+    raise ValueError("rules do not fit this model:\n  - " + "\n  - ".join(problems))
+  return index
+
+
+def _check_groups(groups: Iterable[str]) -> tuple[str, ...]:
+  groups = tuple(groups)
+  unknown = set(groups) - set(ALL_GROUPS)
+  if unknown:
+    raise ValueError(f"groups={groups!r}: unknown {sorted(unknown)}; choose from {ALL_GROUPS}")
+  return groups
+
+
+def inference_flops(matmuls: Sequence[Matmul], rules=None,
+                    groups: Iterable[str] = COUNTED_GROUPS) -> dict[str, float]:
+  """Forward FLOPs per example with every rule at its target N:M.
+
+  Args:
+    matmuls: from `vit_matmuls`, `t5_matmuls` or `matmuls_from_config`.
+    rules: a `pgf.Recipe`, ((regex, "N:M"), ...) pairs, or None for dense.
+    groups: which groups the "total" adds up (all groups are reported).
+
+  Returns:
+    {"attention", "mlp", "embedding", "head": FLOPs of each group, "total": FLOPs of `groups`}.
+  """
+  groups = _check_groups(groups)
+  recipe = as_recipe(rules)
+  index = _rule_of_matmuls(matmuls, recipe)
+  out = {g: 0.0 for g in ALL_GROUPS}
+  for mm, r in zip(matmuls, index):
+    density = 1.0 if r is None else recipe.rules[r].n / recipe.rules[r].m
+    out[mm.group] += mm.flops * density
+  out["total"] = sum(out[g] for g in groups)
+  return out
+
+
+def training_flops_per_step(matmuls: Sequence[Matmul], recipe: Recipe, batch_size: int = 1,
+                            groups: Iterable[str] = COUNTED_GROUPS,
+                            dense_weight_gradient: bool = False) -> np.ndarray:
+  """FLOPs of each training step (forward + backward, `batch_size` examples), shape (total,)."""
+  groups = _check_groups(groups)
+  if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+    raise ValueError(f"batch_size={batch_size!r}: must be a positive int")
+  index = _rule_of_matmuls(matmuls, recipe)
+  schedule = schedule_arrays(recipe)
+  counted = [(mm, r) for mm, r in zip(matmuls, index) if mm.group in groups]
+  dense = float(sum(mm.flops for mm, _ in counted))
+  forward = np.full(schedule["steps"].shape, sum(mm.flops for mm, r in counted if r is None),
+                    np.float64)
+  for i, rule in enumerate(schedule["rules"]):
+    forward += sum(mm.flops for mm, r in counted if r == i) * rule["compute"]
+  # Backward: the input gradient costs one forward; the weight gradient another, at the sparse
+  # density (paper) or dense when pruned weights must receive gradients too.
+  weight_gradient = dense if dense_weight_gradient else forward
+  return batch_size * (2.0 * forward + weight_gradient)
+
+
+def training_flops(matmuls: Sequence[Matmul], recipe: Recipe, batch_size: int = 1,
+                   groups: Iterable[str] = COUNTED_GROUPS,
+                   dense_weight_gradient: bool = False) -> dict[str, Any]:
+  """Training FLOPs of a whole recipe, per phase and against dense training of equal length.
+
+  Returns:
+    {"total": FLOPs, "dense": FLOPs of dense training with the same steps and batch,
+     "ratio": total / dense, "phases": {phase name: FLOPs} in training order,
+     "cumulative": cumulative[s] = FLOPs of steps 0..s (the x axis of iso-FLOP plots),
+     "steps", "batch_size"}.
+  """
+  per_step = training_flops_per_step(matmuls, recipe, batch_size, groups, dense_weight_gradient)
+  dense_recipe = dataclasses.replace(recipe, method="dense", sdgf_stages=None, rules=())
+  dense = training_flops_per_step(matmuls, dense_recipe, batch_size, groups)
+  steps = np.arange(recipe.total_steps)
+  bounds = {"dense": steps < recipe.dense_steps,
+            "finetune": steps >= recipe.finetune_start}
+  bounds[recipe.phase(recipe.dense_steps) if recipe.decay_steps else "middle"] = (
+      ~bounds["dense"] & ~bounds["finetune"])
+  if recipe.method == "dense":
+    bounds = {"dense": np.ones_like(steps, bool)}
+  phases = {}
+  for name in ("dense", "decay", "structure", "sparse", "finetune"):
+    if name in bounds and bounds[name].any():
+      phases[name] = float(per_step[bounds[name]].sum())
+  total = float(per_step.sum())
+  return {"total": total, "dense": float(dense.sum()), "ratio": total / float(dense.sum()),
+          "phases": phases, "cumulative": np.cumsum(per_step), "steps": recipe.total_steps,
+          "batch_size": int(batch_size)}
+
+
+# ----------------------------------------------------------------------------- the table
+def _with_patterns(recipe: Recipe, pattern: str) -> Recipe:
+  rules = tuple((r.pattern, pattern, r.axis) for r in recipe.rules)
+  return Recipe(method="dense", rules=rules)
+
+
+def _unit(value: float) -> tuple[float, str]:
+  """The largest of E/P/T/G/MFLOPs that keeps `value` >= 1 (GFLOPs for ViT-B inference)."""
+  for scale, name in ((1e18, "EFLOPs"), (1e15, "PFLOPs"), (1e12, "TFLOPs"), (1e9, "GFLOPs")):
+    if value >= scale:
+      return scale, name
+  return 1e6, "MFLOPs"
+
+
+def inference_table(matmuls, recipe: Recipe, groups=COUNTED_GROUPS, per: str = "example",
+                    divisor: float = 1.0) -> str:
+  """Markdown table: dense, each of PAPER_PATTERNS on every rule, and the config's targets."""
+  rows = [("dense", inference_flops(matmuls, None, groups))]
+  configured = tuple(r.nm for r in recipe.rules)
+  for pattern in PAPER_PATTERNS if configured else ():  # a rule-less config has only dense
+    try:
+      flops = inference_flops(matmuls, _with_patterns(recipe, pattern), groups)
+    except ValueError:
+      continue  # M does not divide some kernel
+    label = pattern + (" (config)" if configured == (pattern,) * len(configured) else "")
+    rows.append((label, flops))
+  if configured and len(set(configured)) > 1:
+    rows.append((", ".join(configured) + " (config)", inference_flops(matmuls, recipe, groups)))
+  dense_total = rows[0][1]["total"]
+  scale, unit = _unit(dense_total / divisor)
+  scale *= divisor
+  lines = [f"| rules at | attention | mlp | total {unit} per {per} | vs dense |",
+           "|---|---|---|---|---|"]
+  for label, f in rows:
+    lines.append(f"| {label} | {f['attention'] / scale:.4f} | {f['mlp'] / scale:.4f} | "
+                 f"{f['total'] / scale:.4f} | {f['total'] / dense_total:.3f}x |")
+  return "\n".join(lines)
+
+
+def training_table(matmuls, recipe: Recipe, batch_size: int, groups=COUNTED_GROUPS,
+                   methods: Sequence[str] | None = None) -> str:
+  """Markdown table of training FLOPs per method with the recipe's rules and phases."""
+  from pgf.recipes import MDGF_DECAYS, SDGF_SCHEDULES  # pylint: disable=g-import-not-at-top
+  if not recipe.rules:
+    methods = ("dense",)  # no rule: every other method is invalid
+  methods = methods or tuple(dict.fromkeys(
+      (recipe.method, "dense", "ste", "sr_ste") + MDGF_DECAYS
+      + tuple(s for s in SDGF_SCHEDULES if s != "sdgf_custom") + ("mdgf_exp+sdgf_geometric",)))
+  dense = dataclasses.replace(recipe, method="dense", rules=(), sdgf_stages=None)
+  scale, unit = _unit(training_flops(matmuls, dense, batch_size, groups)["total"])
+  lines = [f"| method | dense phase | middle phase | fine-tune | total {unit} | vs dense |",
+           "|---|---|---|---|---|---|"]
+  for method in methods:
+    try:
+      variant = dataclasses.replace(recipe, method=method, sdgf_stages=(
+          recipe.sdgf_stages if method.endswith("sdgf_custom") else None))
+      result = training_flops(matmuls, variant, batch_size, groups)
+    except ValueError as e:
+      lines.append(f"| {method} | n/a: {str(e).splitlines()[-1].strip(' -')} | | | | |")
+      continue
+    phases = result["phases"]
+    middle = sum(v for k, v in phases.items() if k in ("decay", "structure", "sparse"))
+    cells = [phases.get("dense", 0.0), middle, phases.get("finetune", 0.0), result["total"]]
+    lines.append(f"| {method} | " + " | ".join(f"{c / scale:.4g}" for c in cells)
+                 + f" | {result['ratio']:.3f}x |")
+  return "\n".join(lines)
+
+
+def describe(config, steps: int | None = None, class_token: bool = False,
+             groups: Sequence[str] = COUNTED_GROUPS, input_length: int | None = None,
+             target_length: int | None = None) -> str:
+  """The text `python -m pgf.analysis.flops` prints for a config."""
+  from pgf.analysis.runs import total_steps_from_config  # pylint: disable=g-import-not-at-top
+  from pgf.train import build_recipe  # pylint: disable=g-import-not-at-top
+  matmuls = matmuls_from_config(config, class_token, input_length, target_length)
+  total_steps = total_steps_from_config(config, steps)
+  recipe = build_recipe(config, total_steps)
+  model = config.model
+  convention = (f"matmul = 2 MAC, GFLOPs = 1e9 FLOPs, N:M kernels scaled by N/M, counted: "
+                f"{', '.join(groups)}")
+  if model.name == "vit":
+    query = matmuls[1]  # encoderblock_0/attn/query/kernel: rows = tokens, k = width
+    if model.get("pool_type", "tok") != "tok":
+      token_note = f"pool_type={model.pool_type!r}: no class token"
+    else:
+      token_note = ("class token counted" if class_token
+                    else "class token not counted, as in the paper")
+    header = (f"ViT {model.variant} (width {query.k}) at {config.data.image_size}px: "
+              f"{query.rows} tokens ({token_note})")
+    inference = inference_table(matmuls, recipe, groups, "image")
+  else:
+    encoder = next(m for m in matmuls if m.name.endswith("attention/query/kernel"))
+    decoder = next(m for m in matmuls if "self_attention/query" in m.name)
+    tokens = encoder.rows + decoder.rows
+    header = (f"T5 {model.get('variant', 'base')}: {encoder.rows} input + {decoder.rows} "
+              f"target tokens per sequence")
+    inference = (inference_table(matmuls, recipe, groups, "sequence") + "\n\n"
+                 + inference_table(matmuls, recipe, groups, "token", divisor=tokens))
+  training = training_table(matmuls, recipe, config.batch_size, groups)
+  return "\n".join([
+      header, convention, "", "Inference (rules at their target N:M):", inference, "",
+      f"Training: {total_steps} steps x batch {config.batch_size}, forward + backward "
+      f"(backward = 2x forward); dense phase {recipe.dense_fraction:g}, fine-tune "
+      f"{recipe.finetune_fraction:g}; a step with D(j) > 0 computes densely:", training])
+
+
+def main(argv):
+  from absl import flags, logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)  # orbax / XLA chatter would bury the output
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments {argv[1:]}")
+  f = flags.FLAGS
+  groups = tuple(g for g in f.groups.split(",") if g)
+  print(describe(f.config, f.steps or None, f.class_token, groups, f.input_length or None,
+                 f.target_length or None))
+
+
+def _define_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).")
+  flags.DEFINE_integer("steps", 0, "Training steps (default: from the config).")
+  flags.DEFINE_bool("class_token", False, "Count the ViT class token as a token.")
+  flags.DEFINE_string("groups", ",".join(COUNTED_GROUPS),
+                      f"Groups the totals add up, from {ALL_GROUPS}.")
+  flags.DEFINE_integer("input_length", 0, "T5 encoder tokens (default: config.data).")
+  flags.DEFINE_integer("target_length", 0, "T5 decoder tokens (default: config.data).")
+  flags.mark_flags_as_required(["config"])
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  _define_flags()
+  app.run(main)

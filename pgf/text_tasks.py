@@ -1,0 +1,287 @@
+"""T5 text-to-text tasks for the shared train loop: span-corruption pre-training and fine-tuning.
+
+`seq2seq_task(config)` returns a `pgf.tasks.Task` whose data comes from `config.data.name`:
+
+  pre-training (T5 span corruption)   "c4" (TFDS c4/en), "shakespeare_spans" (embedded, CPU demo)
+  fine-tuning (text-to-text labels)   "glue" (T5's GLUE mixture), "glue/<task>", "shakespeare_genre"
+
+The loss is token cross-entropy on the targets (teacher forcing), padding masked, plus t5x's z-loss
+(`config.z_loss` * log(Z)^2 per token, which keeps the softmax normaliser near 1 and bf16 logits
+stable). Evaluation reports, per token, `loss_per_token` and `token_accuracy`; per example,
+`sequence_accuracy` (teacher-forced: every target token is the argmax, which is exactly when greedy
+decoding reproduces the target); and for span corruption `bits_per_byte`: the model's cross-entropy
+in bits on the target's text bytes alone (see `_text_token_weights` for why sentinels and EOS are
+left out), next to `unigram_bits_per_byte`, the entropy of the byte histogram of the same targets --
+the baseline any context-blind model is held to. Classification evals also greedy-decode the eval
+split and report `exact_match` (per GLUE task and averaged for the mixture) next to
+`majority_baseline`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from pgf.tasks import Task
+
+log = logging.getLogger(__name__)
+
+SPAN_CORRUPTION_DATASETS = ("c4", "shakespeare_spans")
+CLASSIFICATION_DATASETS = ("glue", "shakespeare_genre")  # and "glue/<task>" for each GLUE task
+VOCAB_MULTIPLE = 128  # T5 pads its 32100-id vocabulary to 32128 for efficient TPU matmuls
+
+
+def dataset_kind(name: str) -> str:
+  """"span_corruption" or "classification" for a `config.data.name`; ValueError otherwise."""
+  from pgf.data.text import GLUE_TASKS  # pylint: disable=g-import-not-at-top
+  if name in SPAN_CORRUPTION_DATASETS:
+    return "span_corruption"
+  if name in CLASSIFICATION_DATASETS or (name.startswith("glue/") and name[5:] in GLUE_TASKS):
+    return "classification"
+  raise ValueError(
+      f"config.data.name={name!r}: a T5 dataset is one of "
+      f"{SPAN_CORRUPTION_DATASETS + CLASSIFICATION_DATASETS} or glue/<task> with <task> in "
+      f"{sorted(GLUE_TASKS)}")
+
+
+def build_tokenizer(data_config):
+  """`config.data.tokenizer`: "byte" (ByT5-style, no file) or a T5 SentencePiece model file."""
+  from pgf.data import tokenizers  # pylint: disable=g-import-not-at-top
+  spec = data_config.get("tokenizer", "byte")
+  extra = data_config.get("num_extra_ids", 100)
+  if spec == "byte":
+    return tokenizers.ByteTokenizer(num_extra_ids=extra)
+  if not spec or not os.path.isfile(spec):
+    raise ValueError(f"config.data.tokenizer={spec!r}: 'byte' or the path of a T5 SentencePiece "
+                     "model file (e.g. a local copy of "
+                     "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model)")
+  try:
+    return tokenizers.SentencePieceTokenizer(spec, num_extra_ids=extra)
+  except ImportError as e:
+    raise ValueError(f"config.data.tokenizer={spec!r}: {e}") from e
+
+
+def model_vocab_size(config, tokenizer) -> int:
+  """`config.model.vocab_size`, or the tokenizer's rounded up to a multiple of 128 when it is 0."""
+  size = config.model.get("vocab_size", 0) or 0
+  if size and size < tokenizer.vocab_size:
+    raise ValueError(f"config.model.vocab_size={size} is smaller than the tokenizer's "
+                     f"{tokenizer.vocab_size} ids")
+  return size or -(-tokenizer.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
+def build_text_source(config, tokenizer, process_index: int = 0, process_count: int = 1):
+  """One source object serves both `train_batch` (train split) and `eval_batches` (eval split)."""
+  from pgf.data import shakespeare, text  # pylint: disable=g-import-not-at-top
+  data = config.data
+  common = dict(global_batch_size=config.batch_size, seed=config.seed, tokenizer=tokenizer,
+                input_length=data.input_length, target_length=data.get("target_length") or None,
+                process_index=process_index, process_count=process_count,
+                eval_global_batch_size=config.get("eval_batch_size") or config.batch_size)
+  cap = data.get("num_eval_examples") or None
+  data_dir = data.get("data_dir") or None
+  noise = dict(noise_density=data.get("noise_density", 0.15),
+               mean_noise_span_length=data.get("mean_noise_span_length", 3.0))
+  if data.name == "shakespeare_spans":
+    return shakespeare.ShakespeareSpanCorruption(split=data.get("eval_split") or "heldout",
+                                                 num_eval_examples=cap, **noise, **common)
+  if data.name == "shakespeare_genre":
+    return shakespeare.ShakespeareClassification(split=data.get("eval_split") or "heldout",
+                                                 num_eval_examples=cap, **common)
+  if data.name == "c4":
+    return text.C4SpanCorruption(data_dir=data_dir, name=data.get("tfds_name") or "c4/en",
+                                 eval_split=data.get("eval_split") or "validation",
+                                 num_eval_examples=cap, **noise, **common)
+  if data.name == "glue":
+    return text.GlueMixture(data_dir=data_dir, **common)
+  return text.GlueClassification(data.name[len("glue/"):], data_dir=data_dir,
+                                 eval_split=data.get("eval_split") or None, **common)
+
+
+# ----------------------------------------------------------------------------- pure functions
+def token_losses(logits, targets, z_loss: float = 0.0):
+  """Per-token cross-entropy (+ z_loss * logsumexp^2) in float32, shape of `targets`."""
+  logits = logits.astype(jnp.float32)
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return log_z - target_logit + z_loss * jnp.square(log_z)
+
+
+def target_weights(batch):
+  """1 on real target tokens (EOS included), 0 on padding and on padded eval rows."""
+  return ((batch["targets"] > 0) & batch["valid"][:, None]).astype(jnp.float32)
+
+
+def _text_token_weights(targets, weights, first_sentinel_id: int, eos_id: int):
+  """Weights restricted to text tokens: sentinels and EOS carry the corruption's layout, not text.
+
+  A target reads `<s0> span <s1> span ... EOS`; which sentinel comes next is known (they count
+  up), so what its loss measures is where a span ends -- information about the random mask, not
+  about the text. Bits per *text* byte are comparable with the text's unigram byte entropy;
+  counting sentinels and EOS as bytes would flatter the model.
+  """
+  return weights * ((targets < first_sentinel_id) & (targets != eos_id)).astype(weights.dtype)
+
+
+def unigram_entropy_bits(counts: np.ndarray) -> float:
+  """Entropy in bits of the empirical distribution given by `counts`."""
+  counts = np.asarray(counts, np.float64)
+  p = counts[counts > 0] / counts.sum()
+  return float(-(p * np.log2(p)).sum())
+
+
+def _allgather_sum(values: np.ndarray) -> np.ndarray:
+  """Sums host-side eval counts over processes (each process scores its own slice)."""
+  if jax.process_count() == 1:
+    return values
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(values)).sum(axis=0)
+
+
+# ----------------------------------------------------------------------------- the task
+def seq2seq_task(config, process_index: int = 0, process_count: int = 1) -> Task:
+  """T5 v1.1 on `config.data.name` (see module docstring) as a `pgf.tasks.Task`."""
+  from pgf.data.tokenizers import ByteTokenizer  # pylint: disable=g-import-not-at-top
+  from pgf.models import t5  # pylint: disable=g-import-not-at-top
+  kind = dataset_kind(config.data.name)
+  tokenizer = build_tokenizer(config.data)
+  source = build_text_source(config, tokenizer, process_index, process_count)
+  m = config.model
+  sizes = {k: m.get(k) for k in t5.VARIANTS["base"] if m.get(k) is not None}
+  model = t5.T5(t5.get_config(
+      m.variant, model_vocab_size(config, tokenizer), dropout_rate=m.get("dropout_rate", 0.0),
+      logits_via_embedding=m.get("logits_via_embedding", False),
+      dtype=jnp.dtype(m.get("dtype", "float32")),
+      **sizes))
+  if kind == "classification" and not config.get("init_from"):
+    log.warning("config.init_from is empty: fine-tuning %s from a random init (the paper's "
+                "protocol starts from a dense span-corruption pre-training workdir).",
+                config.data.name)
+
+  example = {"inputs": np.zeros((1, source.input_length), np.int32),
+             "targets": np.zeros((1, source.target_length), np.int32), "valid": np.ones((1,), bool)}
+  z_loss = float(config.get("z_loss", 0.0))
+  text_unit = "byte" if isinstance(tokenizer, ByteTokenizer) else "piece"
+
+  def logits_of(params, batch, rng=None, train=False):
+    return model.apply({"params": params}, batch["inputs"], t5.shift_right(batch["targets"]),
+                       train=train, rngs={"dropout": rng} if train else None)
+
+  def init_fn(rng):
+    return model.init({"params": rng}, example["inputs"], example["targets"], train=False)["params"]
+
+  def loss_fn(params, batch, rng, train):
+    logits = logits_of(params, batch, rng, train)
+    weights = target_weights(batch)
+    tokens = jnp.maximum(jnp.sum(weights), 1.0)
+    loss = jnp.sum(token_losses(logits, batch["targets"], z_loss) * weights) / tokens
+    correct = (jnp.argmax(logits, -1) == batch["targets"]).astype(jnp.float32)
+    return loss, {"accuracy": jnp.sum(correct * weights) / tokens}  # token accuracy
+
+  def eval_fn(params, batch):
+    logits = logits_of(params, batch)
+    targets, weights = batch["targets"], target_weights(batch)
+    losses = token_losses(logits, targets)  # no z-loss: eval reports the likelihood itself
+    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+    valid = batch["valid"].astype(jnp.float32)
+    all_correct = jnp.all((correct > 0) | (weights == 0), axis=-1).astype(jnp.float32)
+    text = _text_token_weights(targets, weights, tokenizer.first_sentinel_id, tokenizer.eos_id)
+    return {"loss_per_token": jnp.sum(losses * weights),
+            "token_accuracy": jnp.sum(correct * weights), "tokens": jnp.sum(weights),
+            "sequence_accuracy": jnp.sum(all_correct * valid), "count": jnp.sum(valid),
+            f"bits_per_{text_unit}": jnp.sum(losses * text) / math.log(2),
+            f"{text_unit}s": jnp.sum(text)}
+
+  if kind == "span_corruption":
+    extra_eval = _unigram_eval(source, tokenizer, text_unit)
+  else:
+    extra_eval = _decoding_eval(model, source, tokenizer)
+  return Task("seq2seq", model, source, source, example, "inputs", loss_fn, eval_fn, init_fn,
+              extra_eval)
+
+
+def _unigram_eval(source, tokenizer, text_unit: str):
+  """extra_eval for span corruption: the unigram entropy of the eval targets' text tokens.
+
+  It does not depend on the params, so it is computed once and returned at every evaluation, next to
+  the model's `bits_per_byte` on the very same tokens.
+  """
+  @functools.lru_cache(maxsize=1)
+  def entropy() -> float:
+    counts = np.zeros(tokenizer.vocab_size, np.int64)
+    for batch in source.eval_batches():
+      targets = batch["targets"][batch["valid"]]
+      text = targets[(targets > 0) & (targets < tokenizer.first_sentinel_id)
+                     & (targets != tokenizer.eos_id)]
+      counts += np.bincount(text, minlength=tokenizer.vocab_size)
+    return unigram_entropy_bits(_allgather_sum(counts))
+
+  return lambda params: {f"unigram_bits_per_{text_unit}": entropy()}
+
+
+def _decoding_eval(model, source, tokenizer):
+  """extra_eval for classification: greedy-decode the eval split; exact match, majority baseline."""
+  from pgf.models import t5  # pylint: disable=g-import-not-at-top
+  decode = jax.jit(functools.partial(t5.greedy_decode, model, max_len=source.target_length,
+                                     eos_id=tokenizer.eos_id))
+  tasks = getattr(source, "tasks", None)  # the GLUE mixture scores every task separately
+
+  def extra_eval(params) -> dict[str, float]:
+    groups = len(tasks) if tasks else 1
+    hits, totals = np.zeros(groups), np.zeros(groups)
+    for batch in source.eval_batches():
+      decoded = np.asarray(decode(params, batch["inputs"]))
+      match = np.all(decoded == batch["targets"], axis=-1) & batch["valid"]
+      group = batch["task"] if tasks else np.where(batch["valid"], 0, -1)
+      np.add.at(hits, group[group >= 0], match[group >= 0])
+      np.add.at(totals, group[group >= 0], 1)
+    hits, totals = np.split(_allgather_sum(np.concatenate([hits, totals])), 2)
+    accuracy = hits / np.maximum(totals, 1)
+    out = {"exact_match": float(accuracy.mean() if tasks else accuracy[0]),
+           "majority_baseline": majority_baseline(source)}
+    for name, value in zip(tasks or (), accuracy):
+      out[f"exact_match_{name}"] = float(value)
+    return out
+
+  return extra_eval
+
+
+def majority_baseline(source) -> float:
+  """Accuracy of always answering the most frequent label.
+
+  The source's own `majority_class_accuracy()` where it has one (Shakespeare: the *training* split's
+  majority genre, scored on the held-out plays). Otherwise the eval split's most frequent target, an
+  upper bound on any constant answer (reading a large GLUE train split just for this costs minutes);
+  for the GLUE mixture, that per task, averaged like `exact_match`.
+  """
+  if hasattr(source, "majority_class_accuracy"):
+    return float(source.majority_class_accuracy())
+  cache = getattr(source, "_majority_baseline", None)
+  if cache is None:
+    counts: dict[tuple[int, bytes], int] = {}
+    for batch in _valid_rows(source.eval_batches()):
+      for task, target in zip(batch["task"], batch["targets"]):
+        key = (int(task), target.tobytes())
+        counts[key] = counts.get(key, 0) + 1
+    best, totals = {}, {}
+    for (task, _), n in counts.items():
+      best[task] = max(best.get(task, 0), n)
+      totals[task] = totals.get(task, 0) + n
+    cache = float(np.mean([best[t] / totals[t] for t in totals])) if totals else 0.0
+    source._majority_baseline = cache  # pylint: disable=protected-access
+  return cache
+
+
+def _valid_rows(batches) -> Iterator[dict[str, Any]]:
+  for batch in batches:
+    valid = batch["valid"]
+    task = batch["task"] if "task" in batch else np.zeros(len(valid), np.int32)
+    yield {"task": task[valid], "targets": batch["targets"][valid]}
