@@ -12,7 +12,10 @@ Paper GLUE average (dense 86.2): SR-STE 74.2, SDGF-Stepwise 79.5, SDGF-Geometric
       --config.init_from=$PRETRAIN --config.data.data_dir=gs://BUCKET/tensorflow_datasets
   python -m pgf.main --config=configs/t5_1_8_qkv_1_8.py:method=sr_ste --workdir=$WORKDIR \
       --config.init_from=$PRETRAIN
-  # CPU, Shakespeare genre classification, from the demo pre-training (configs/t5_pretrain.py:demo):
+  # CPU, Shakespeare genre classification, from the demo pre-training (configs/t5_pretrain.py:demo).
+  # Measured (600 steps, 515 s, 2 shared cores): exact match 0.162 on held-out plays vs 0.285 for
+  # the majority class; a dense fine-tune with the same budget gets 0.221. Pipeline check, not a
+  # reproduction: at this size neither learns genre across plays.
   python -m pgf.main --config=configs/t5_1_8_qkv_1_8.py:demo --workdir=/tmp/t5_1_8_qkv_1_8_demo \
       --config.init_from=/tmp/t5_pretrain_demo
 """

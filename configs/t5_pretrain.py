@@ -9,8 +9,8 @@ T5's SentencePiece model for the paper's 32k vocabulary (needs `pip install sent
   python -m pgf.main --config=configs/t5_pretrain.py --workdir=$PRETRAIN \
       --config.data.data_dir=gs://BUCKET/tensorflow_datasets \
       --config.data.tokenizer=/path/to/cc_all.32000/sentencepiece.model
-  # CPU, embedded Shakespeare, ~6-8 minutes on 2 cores; held-out bits per target byte vs the unigram
-  # byte entropy of the same targets (4.55) is logged at every eval:
+  # CPU, embedded Shakespeare, ByT5 spans (mean 20 bytes), 1200 steps: 558 s on a shared 2-core CPU;
+  # held-out 2.77 bits per target byte vs 4.53 for the unigram byte entropy of the same targets:
   python -m pgf.main --config=configs/t5_pretrain.py:demo --workdir=/tmp/t5_pretrain_demo
 
 Then fine-tune sparsely from it with any Table 4 row, e.g.

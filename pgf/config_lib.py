@@ -295,7 +295,7 @@ T5_QKV = (r"(encoder|decoder)/layers_\d+/(attention|self_attention|encoder_decod
           r"(query|key|value)/kernel")
 T5_SIZE_FIELDS = ("emb_dim", "num_heads", "head_dim", "mlp_dim", "num_encoder_layers",
                   "num_decoder_layers")
-# The CPU demo model (pre-training and fine-tuning must agree for init_from): ~1.6M params.
+# The CPU demo model (pre-training and fine-tuning must agree for init_from): 1.05M params.
 T5_DEMO_SIZES = dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256, num_encoder_layers=3,
                      num_decoder_layers=2)
 
