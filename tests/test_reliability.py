@@ -31,6 +31,22 @@ VIT = {
 }
 
 
+# A 1+1-layer T5 pre-training on Shakespeare span corruption, with FF at 1:4 SDGF-stepwise
+# after 8 dense steps: the kill at step 7 lands before the dense phase ends.
+T5 = {
+    "config": "configs/t5_pretrain.py:demo",
+    "overrides": {
+        "model.emb_dim": 32, "model.num_heads": 2, "model.head_dim": 16, "model.mlp_dim": 64,
+        "model.num_encoder_layers": 1, "model.num_decoder_layers": 1, "data.input_length": 32,
+        "data.num_eval_examples": 16, "batch_size": 8, "eval_batch_size": 16,
+        "total_steps": 16, "log_every": 4, "checkpoint_every": 3, "eval_every": 0,
+        "optim.warmup_steps": 2, "sparsity.method": "sdgf_stepwise",
+        "sparsity.rules": [[r"(encoder|decoder)/layers_\d+/mlp/(wi_0|wi_1|wo)/kernel", "1:4"]],
+        "sparsity.dense_fraction": 0.5, "sparsity.finetune_fraction": 0.125,
+    },
+}
+
+
 def run_child(workdir, spec=VIT, expect_rc=0, **faults):
   spec = dict(spec, workdir=str(workdir), **faults)
   result = subprocess.run([sys.executable, CHILD, json.dumps(spec)], capture_output=True,
@@ -222,3 +238,14 @@ def test_missing_dataset_is_one_clear_message(tmp_path):
   message = str(info.value)
   assert "tfds build cifar10 --file_format=array_record" in message and ":demo" in message
   assert "config.batch_size=7" not in message  # 7 is fine on one device and one process
+
+
+def test_t5_sigkill_then_rerun_is_bit_identical(tmp_path):
+  _, summary = run_child(tmp_path / "t5 uninterrupted", spec=T5)
+  assert summary["final_step"] == 16
+  workdir = tmp_path / "t5 killed"
+  run_child(workdir, spec=T5, expect_rc=-9, kill_at=7)
+  assert 3 in checkpoint_steps(workdir) and max(checkpoint_steps(workdir)) <= 6
+  _, summary = run_child(workdir, spec=T5)
+  assert summary["resumed_from"] in (3, 6) and summary["final_step"] == 16
+  assert_bit_identical(final_params(workdir), final_params(tmp_path / "t5 uninterrupted"))
