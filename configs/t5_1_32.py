@@ -9,7 +9,7 @@ with the final hard N:M mask; eval reports greedy-decoding exact match per GLUE 
 Paper GLUE average (dense 86.2): SR-STE 79.4, SDGF-Stepwise 80.9, SDGF-Geometric 79.3.
 
   python -m pgf.main --config=configs/t5_1_32.py --workdir=$WORKDIR \
-      --config.init_from=$PRETRAIN --config.data.data_dir=gs://BUCKET/tensorflow_datasets
+      --config.init_from=$PRETRAIN --config.data.data_dir=/gcs/BUCKET/tensorflow_datasets
   python -m pgf.main --config=configs/t5_1_32.py:method=sr_ste --workdir=$WORKDIR \
       --config.init_from=$PRETRAIN
   # CPU, Shakespeare genre classification, from the demo pre-training (configs/t5_pretrain.py:demo):

@@ -9,7 +9,7 @@ with the final hard N:M mask; eval reports greedy-decoding exact match per GLUE 
 Paper GLUE average (dense 86.2): SR-STE 74.2, SDGF-Stepwise 79.5, SDGF-Geometric 75.8.
 
   python -m pgf.main --config=configs/t5_1_8_qkv_1_8.py --workdir=$WORKDIR \
-      --config.init_from=$PRETRAIN --config.data.data_dir=gs://BUCKET/tensorflow_datasets
+      --config.init_from=$PRETRAIN --config.data.data_dir=/gcs/BUCKET/tensorflow_datasets
   python -m pgf.main --config=configs/t5_1_8_qkv_1_8.py:method=sr_ste --workdir=$WORKDIR \
       --config.init_from=$PRETRAIN
   # CPU, Shakespeare genre classification, from the demo pre-training (configs/t5_pretrain.py:demo).

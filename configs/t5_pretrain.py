@@ -7,7 +7,7 @@ after 10k warm-up steps. Tokenizer: bytes by default (no vocabulary file); pass 
 T5's SentencePiece model for the paper's 32k vocabulary (needs `pip install sentencepiece`).
 
   python -m pgf.main --config=configs/t5_pretrain.py --workdir=$PRETRAIN \
-      --config.data.data_dir=gs://BUCKET/tensorflow_datasets \
+      --config.data.data_dir=/gcs/BUCKET/tensorflow_datasets \
       --config.data.tokenizer=/path/to/cc_all.32000/sentencepiece.model
   # CPU, embedded Shakespeare, ByT5 spans (mean 20 bytes), 1200 steps: 558 s on a shared 2-core CPU;
   # held-out 2.77 bits per target byte vs 4.53 for the unigram byte entropy of the same targets:

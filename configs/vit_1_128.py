@@ -6,7 +6,7 @@ Paper top-1 (ImageNet-1k, 350 epochs; dense 76.389): SR-STE 72.069, MDGF-Lin 74.
 MDGF-Exp 74.18, SDGF-Step 71.725, SDGF-Geo 69.801.
 
   python -m pgf.main --config=configs/vit_1_128.py --workdir=$WORKDIR \
-      --config.data.data_dir=gs://BUCKET/tensorflow_datasets
+      --config.data.data_dir=/gcs/BUCKET/tensorflow_datasets
   python -m pgf.main --config=configs/vit_1_128.py:method=sdgf_geometric --workdir=$WORKDIR
   python -m pgf.main --config=configs/vit_1_128.py:demo --workdir=/tmp/vit_1_128_demo   # CPU, digits
 """

@@ -6,7 +6,7 @@ Paper top-1 (ImageNet-1k, 350 epochs; dense 76.389): SR-STE 75.637, MDGF-Lin 76.
 MDGF-Exp 77.325, SDGF-Step 75.923, SDGF-Geo 76.869.
 
   python -m pgf.main --config=configs/vit_1_16.py --workdir=$WORKDIR \
-      --config.data.data_dir=gs://BUCKET/tensorflow_datasets
+      --config.data.data_dir=/gcs/BUCKET/tensorflow_datasets
   python -m pgf.main --config=configs/vit_1_16.py:method=sdgf_geometric --workdir=$WORKDIR
   python -m pgf.main --config=configs/vit_1_16.py:demo --workdir=/tmp/vit_1_16_demo   # CPU, digits
 """

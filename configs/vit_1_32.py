@@ -6,7 +6,7 @@ Paper top-1 (ImageNet-1k, 350 epochs; dense 76.389): SR-STE 73.056, MDGF-Lin 75.
 MDGF-Exp 76.068, SDGF-Step 74.394, SDGF-Geo 74.91.
 
   python -m pgf.main --config=configs/vit_1_32.py --workdir=$WORKDIR \
-      --config.data.data_dir=gs://BUCKET/tensorflow_datasets
+      --config.data.data_dir=/gcs/BUCKET/tensorflow_datasets
   python -m pgf.main --config=configs/vit_1_32.py:method=sdgf_geometric --workdir=$WORKDIR
   python -m pgf.main --config=configs/vit_1_32.py:demo --workdir=/tmp/vit_1_32_demo   # CPU, digits
 """

@@ -6,7 +6,7 @@ Paper top-1 (ImageNet-1k, 350 epochs; dense 76.389): SR-STE 78.782, MDGF-Lin 78.
 MDGF-Exp 78.579, SDGF-Step 77.357, SDGF-Geo 78.347.
 
   python -m pgf.main --config=configs/vit_1_4.py --workdir=$WORKDIR \
-      --config.data.data_dir=gs://BUCKET/tensorflow_datasets
+      --config.data.data_dir=/gcs/BUCKET/tensorflow_datasets
   python -m pgf.main --config=configs/vit_1_4.py:method=sdgf_geometric --workdir=$WORKDIR
   python -m pgf.main --config=configs/vit_1_4.py:demo --workdir=/tmp/vit_1_4_demo   # CPU, digits
 """

@@ -6,7 +6,7 @@ Paper top-1 (ImageNet-1k, 350 epochs; dense 76.389): SR-STE 77.869, MDGF-Lin 78.
 MDGF-Exp 78.009, SDGF-Step 77.025, SDGF-Geo 78.175.
 
   python -m pgf.main --config=configs/vit_1_8.py --workdir=$WORKDIR \
-      --config.data.data_dir=gs://BUCKET/tensorflow_datasets
+      --config.data.data_dir=/gcs/BUCKET/tensorflow_datasets
   python -m pgf.main --config=configs/vit_1_8.py:method=sdgf_geometric --workdir=$WORKDIR
   python -m pgf.main --config=configs/vit_1_8.py:demo --workdir=/tmp/vit_1_8_demo   # CPU, digits
 """

@@ -6,7 +6,7 @@ Paper top-1 (ImageNet-1k, 350 epochs; dense 76.389): SR-STE 75.527, MDGF-Lin 76.
 MDGF-Exp 77.349, SDGF-Step 76.617, SDGF-Geo 76.334.
 
   python -m pgf.main --config=configs/vit_1_8_qk_1_8.py --workdir=$WORKDIR \
-      --config.data.data_dir=gs://BUCKET/tensorflow_datasets
+      --config.data.data_dir=/gcs/BUCKET/tensorflow_datasets
   python -m pgf.main --config=configs/vit_1_8_qk_1_8.py:method=sdgf_geometric --workdir=$WORKDIR
   python -m pgf.main --config=configs/vit_1_8_qk_1_8.py:demo --workdir=/tmp/vit_1_8_qk_1_8_demo   # CPU, digits
 """

@@ -6,7 +6,7 @@ Paper top-1 (ImageNet-1k, 350 epochs; dense 76.389): SR-STE 77.761, MDGF-Lin 77.
 MDGF-Exp 76.381, SDGF-Step 77.081, SDGF-Geo 77.363.
 
   python -m pgf.main --config=configs/vit_2_4.py --workdir=$WORKDIR \
-      --config.data.data_dir=gs://BUCKET/tensorflow_datasets
+      --config.data.data_dir=/gcs/BUCKET/tensorflow_datasets
   python -m pgf.main --config=configs/vit_2_4.py:method=sdgf_geometric --workdir=$WORKDIR
   python -m pgf.main --config=configs/vit_2_4.py:demo --workdir=/tmp/vit_2_4_demo   # CPU, digits
 """

@@ -2,9 +2,12 @@ r"""Benchmark: train-step throughput of every pgf method against dense, in one p
 
 Each method gets the same model, batch, optimizer chain (gradient_flow -> clip -> AdamW, as in
 `pgf.train`) and mesh, starting 40% into training (MDGF decaying, SDGF in a middle stage, so
-masks are live). Methods run interleaved, in a rotating order, for several rounds; the ratio
-column is the median over rounds of (method step time / dense step time in the same round), so
-machine load that drifts during the run cancels out.
+masks are live). Every round times each method right next to a dense measurement (which one
+goes first alternates), in a rotating order; "step / dense" is the median over rounds of those
+back-to-back ratios, so load from other jobs that drifts during the run cancels out, and
+"min / min" compares the fastest (least disturbed) steps. "pgf ops" times what a method adds to
+the step on its own: `pgf.sparsify` of the params plus `gradient_flow`'s update (masks,
+decay, gradient shaping), jitted alone, for the matched kernels.
 
   python experiments/bench_step.py                      # ViT-S/16, batch 32, 224px, CPU
   python experiments/bench_step.py --variant=B/16 --batch=128 --rounds=5   # e.g. on a GPU
@@ -92,7 +95,7 @@ def at_step(state, step: int):
 
 
 def build_method(config, method: str, init_fn, loss_fn, mesh):
-  """(jitted step, initial state, batch sharding) for one method, as pgf.train builds them."""
+  """(jitted step, initial state, pgf-ops timer) for one method, as pgf.train builds them."""
   config = config_lib.apply_overrides(config.copy_and_resolve_references(),
                                       {"sparsity.method": method})
   recipe = build_recipe(config, TOTAL_STEPS)
@@ -124,7 +127,38 @@ def build_method(config, method: str, init_fn, loss_fn, mesh):
   step = sharding.jit(train_step, mesh, donate_argnums=(0,),
                       in_shardings=(shardings, sharding.batch_sharding(mesh)),
                       out_shardings=(shardings, sharding.replicated(mesh)))
-  return step, state
+  return step, state, pgf_ops_timer(recipe, state["params"], mesh)
+
+
+def pgf_ops_timer(recipe, params, mesh):
+  """() -> seconds of pgf's own per-step work (forward sparsify + gradient_flow) on `params`."""
+  if recipe.method == "dense":
+    return lambda: 0.0
+  params = jax.tree.map(jnp.copy, params)  # its own copy: the train step donates the state
+  flow = pgf.gradient_flow(recipe)
+  flow_state = flow.init(params)._replace(count=jnp.int32(int(START_FRACTION * TOTAL_STEPS)))
+  matched = set(pgf.match_leaves(params, recipe))
+
+  def ops(params, flow_state):
+    effective = pgf.sparsify(params, recipe, flow_state.count)
+    shaped, _ = flow.update(params, flow_state, params)  # any gradient of the right shapes
+    pick = lambda tree: {path: leaf for path, leaf in flat_with_paths(tree) if path in matched}
+    return pick(effective), pick(shaped)  # only the kernels pgf touches: no copies of the rest
+
+  jitted = sharding.jit(ops, mesh)
+  jax.block_until_ready(jitted(params, flow_state))
+
+  def timer():
+    start = time.perf_counter()
+    jax.block_until_ready(jitted(params, flow_state))
+    return time.perf_counter() - start
+
+  return timer
+
+
+def flat_with_paths(tree):
+  from pgf.sparsify import leaf_path  # pylint: disable=g-import-not-at-top
+  return [(leaf_path(kp), leaf) for kp, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 def main():
@@ -160,42 +194,56 @@ def main():
   if "dense" not in methods:
     methods.insert(0, "dense")
 
-  steps, states = {}, {}
+  steps, states, ops_timers = {}, {}, {}
   for method in methods:
     start = time.perf_counter()
-    steps[method], states[method] = build_method(config, method, init_fn, loss_fn, mesh)
+    steps[method], states[method], ops_timers[method] = build_method(config, method, init_fn,
+                                                                      loss_fn, mesh)
     for _ in range(2):  # compile, then one step that touches everything once
       states[method], loss = steps[method](states[method], batch)
     jax.block_until_ready(loss)
     print(f"# {method}: compiled and warmed up in {time.perf_counter() - start:.1f}s",
           flush=True)
 
+  def timed(method) -> float:
+    start = time.perf_counter()
+    for _ in range(args.steps):
+      states[method], loss = steps[method](states[method], batch)
+    jax.block_until_ready(loss)
+    return (time.perf_counter() - start) / args.steps
+
+  sparse = [m for m in methods if m != "dense"]
   times = {method: [] for method in methods}
+  ratios = {method: [] for method in sparse}
+  ops = {method: [] for method in methods}
   for r in range(args.rounds):
-    order = methods[r % len(methods):] + methods[:r % len(methods)]
-    for method in (order if r % 2 == 0 else order[::-1]):
-      start = time.perf_counter()
-      for _ in range(args.steps):
-        states[method], loss = steps[method](states[method], batch)
-      jax.block_until_ready(loss)
-      times[method].append((time.perf_counter() - start) / args.steps)
-    print(f"# round {r + 1}/{args.rounds}: " + " ".join(
-        f"{m} {1e3 * times[m][-1]:.0f}ms" for m in methods), flush=True)
+    for i, method in enumerate(sparse[r % len(sparse):] + sparse[:r % len(sparse)]):
+      pair = ("dense", method) if (r + i) % 2 == 0 else (method, "dense")
+      measured = {name: timed(name) for name in pair}
+      for name, seconds in measured.items():
+        times[name].append(seconds)
+      ratios[method].append(measured[method] / measured["dense"])
+      ops[method].append(min(ops_timers[method]() for _ in range(3)))
+    print(f"# round {r + 1}/{args.rounds}: dense {1e3 * times['dense'][-1]:.0f}ms " + " ".join(
+        f"{m} x{ratios[m][-1]:.3f}" for m in sparse), flush=True)
 
   ff = ",".join(f"{rule[1]}" for rule in config.sparsity.rules) or "none"
   print(f"\n{config.model.name} {config.model.variant}, batch {args.batch}"
         f"{f', {args.image_size}px' if is_vit else ''}, rules {ff}, mesh "
         f"{dict(mesh.shape)} {mesh.axis_types[0].name}, {jax.device_count()} x "
         f"{jax.devices()[0].device_kind}, jax {jax.__version__}; {args.rounds} rounds x "
-        f"{args.steps} steps, methods interleaved\n")
-  print("| method | step ms (median) | steps/s | examples/s | step / dense (median of rounds) "
-        "| min-max ratio |")
-  print("|---|---|---|---|---|---|")
+        f"{args.steps} steps per measurement, each method back to back with dense\n")
+  print("| method | step ms (median) | steps/s | examples/s | step / dense (median) "
+        "| range | min / min | pgf ops ms |")
+  print("|---|---|---|---|---|---|---|---|")
+  fastest_dense = min(times["dense"])
   for method in methods:
     median = statistics.median(times[method])
-    ratios = [t / d for t, d in zip(times[method], times["dense"])]
-    print(f"| {method} | {1e3 * median:.1f} | {1 / median:.3f} | {args.batch / median:.1f} "
-          f"| {statistics.median(ratios):.3f} | {min(ratios):.3f}-{max(ratios):.3f} |")
+    r = ratios.get(method) or [1.0]
+    pgf_ms = f"{1e3 * statistics.median(ops[method]):.1f}" if ops[method] else "0"
+    print(f"| {method} | {1e3 * median:.0f} | {1 / median:.3f} | {args.batch / median:.2f} "
+          f"| {statistics.median(r):.3f} | {min(r):.3f}-{max(r):.3f} "
+          f"| {min(times[method]) / fastest_dense:.3f} | {pgf_ms} |")
 
 
 if __name__ == "__main__":

@@ -339,6 +339,7 @@ def t5_config(ff: str | None = None, qk: str | None = None, qkv: str | None = No
   config.async_checkpointing = True
   config.init_from = ""
   config.noise_every = 0
+  add_sharding(config)
   config.total_epochs = 0.0
   data = dict(data_dir="", tokenizer="byte", num_extra_ids=100, target_length=0,
               num_eval_examples=0, eval_split="", tfds_name="", noise_density=0.15,

@@ -81,8 +81,11 @@ def mesh_sizes(mesh_config: Mapping[str, Any] | None, device_count: int) -> dict
 
 
 def _given_sizes(mesh_config) -> dict[str, int]:
+  """The three axis sizes; an absent "data" takes the remaining devices unless another does."""
   mesh_config = {} if mesh_config is None else dict(mesh_config)
-  return {axis: mesh_config.get(axis, -1 if axis == "data" else 1) for axis in MESH_AXES}
+  data_default = 1 if -1 in (mesh_config.get("fsdp"), mesh_config.get("model")) else -1
+  return {axis: mesh_config.get(axis, data_default if axis == "data" else 1)
+          for axis in MESH_AXES}
 
 
 def _resolve(mesh_config, device_count: int) -> dict[str, int]:

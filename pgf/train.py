@@ -5,6 +5,10 @@ params of `config.init_from` (a dense pre-training workdir, for sparse fine-tuni
 fresh init from `config.seed`. Everything that changes from step to step -- data, dropout RNG,
 learning rate, D(j), the SDGF pattern -- is a pure function of (seed, step), so a run killed at
 any step and restarted with the same command finishes with bit-identical parameters.
+
+The state lives on the device mesh of `config.mesh`, placed by `config.sharding_rules`
+(pgf/sharding.py): it is created sharded, restored with this mesh's shardings whatever mesh wrote
+the checkpoint, and every process feeds its own slice of each batch.
 """
 
 from __future__ import annotations
@@ -193,8 +197,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   if state is None:
     state = sharding_lib.jit(init_state, mesh, out_shardings=state_shardings)(rng)
     if config.get("init_from"):
-      state = jax.device_put(_init_params_from(config.init_from, state, abstract_state, tx),
-                             state_shardings)
+      state = _init_params_from(config.init_from, state, abstract_state, tx)
+      if noise_every:  # the previous-masks slot starts from the loaded weights
+        state["noise_masks"] = pgf.current_masks(state["params"], recipe, 0)
+      state = jax.device_put(state, state_shardings)
       log.info("Initialised params from %s", config.init_from)
   else:
     log.info("Resumed from checkpoint at step %d", resumed_from)

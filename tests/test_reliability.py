@@ -185,7 +185,7 @@ def test_saves_are_atomic_directories(tmp_path):
 def test_every_config_problem_is_reported_at_once_before_compiling(tmp_path):
   """One ValueError names each bad field and value; nothing is compiled or written."""
   from test_train_vit import load_config  # pylint: disable=import-outside-toplevel
-  from pgf import config_lib
+  from pgf import sharding
   from pgf.train import train_and_evaluate
   config = load_config(os.path.join(ROOT, "configs", "vit_1_16.py"), "demo")
   config.sparsity.method = "mdgf_expo"
@@ -202,8 +202,9 @@ def test_every_config_problem_is_reported_at_once_before_compiling(tmp_path):
                    "config.total_steps=-5", "config.data.name='imagenet2013'"):
     assert fragment in message, (fragment, message)
   # Batch divisibility is checked against the devices in use (8 on a TPU v3-8, say).
-  problems = config_lib.validate(config, device_count=8, raise_errors=False)
-  assert any("config.batch_size=100 is not divisible by the 8 devices" in p for p in problems)
+  problems = sharding.config_problems(config, device_count=8)
+  assert any("config.batch_size=100 is not divisible by the 8 data-parallel devices" in p
+             for p in problems), problems
 
 
 def test_rules_that_do_not_fit_the_model_are_reported_with_the_dataset(tmp_path):

@@ -107,6 +107,8 @@ def test_bad_mesh_names_the_field(mesh, devices, fragment):
 
 def test_mesh_sizes_and_batch_split_in_validate():
   assert sharding.mesh_sizes(dict(data=-1, fsdp=2, model=2), 16) == dict(data=4, fsdp=2, model=2)
+  assert sharding.mesh_sizes(dict(fsdp=-1), 8) == dict(data=1, fsdp=8, model=1)
+  assert sharding.mesh_sizes(None, 8) == dict(data=8, fsdp=1, model=1)
   config = child.build_config("vit", dict(data=-1, fsdp=2, model=2))
   config.batch_size = 6  # 8 devices: data x fsdp = 4 shards of the batch
   problems = config_lib.validate(config, device_count=8, raise_errors=False)
