@@ -136,17 +136,24 @@ def gradient_flow(recipe: Recipe) -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _find_states(state: Any) -> list:
+def find_nodes(tree: Any, predicate) -> list:
+  """Every node of `tree` (outermost first) for which `predicate(node)` holds, e.g. the
+  states of one transform inside a chained optimizer state."""
   found = []
 
   def visit(node):
-    if isinstance(node, (GradientFlowState, GradientFlowMaskState)):
+    if predicate(node):
       found.append(node)
       return True
     return False
 
-  jax.tree_util.tree_map(lambda _: None, state, is_leaf=visit)
+  jax.tree_util.tree_map(lambda _: None, tree, is_leaf=visit)
   return found
+
+
+def _find_states(state: Any) -> list:
+  return find_nodes(state, lambda node: isinstance(
+      node, (GradientFlowState, GradientFlowMaskState)))
 
 
 def _single_state(opt_state):

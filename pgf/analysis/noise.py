@@ -28,7 +28,7 @@ import optax
 
 from pgf.recipes import Recipe
 from pgf.sparsify import current_masks, leaf_path
-from pgf.transform import GradientFlowMaskState
+from pgf.transform import GradientFlowMaskState, find_nodes
 
 __all__ = ["noise_stats", "gradient_noise", "mask_flip_fraction", "masked_mean_var",
            "find_adam_states", "adam_nu", "checkpoint_noise_stats", "as_floats", "STAT_KEYS"]
@@ -47,16 +47,7 @@ def _is_adam_state(node) -> bool:
 
 def find_adam_states(opt_state) -> list:
   """Every `optax.ScaleByAdamState` (or its restored dict form) inside a nested opt_state."""
-  found = []
-
-  def visit(node):
-    if _is_adam_state(node):
-      found.append(node)
-      return True
-    return False
-
-  jax.tree_util.tree_map(lambda _: None, opt_state, is_leaf=visit)
-  return found
+  return find_nodes(opt_state, _is_adam_state)
 
 
 def adam_nu(opt_state):
