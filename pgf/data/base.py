@@ -115,8 +115,12 @@ class EpochSampler:
     out = np.empty_like(positions)
     for epoch in np.unique(epochs):
       sel = epochs == epoch
-      out[sel] = self._permutation(int(epoch))[offsets[sel]]
+      out[sel] = self._epoch_order(offsets[sel], int(epoch))
     return out
+
+  def _epoch_order(self, offsets: np.ndarray, epoch: int) -> np.ndarray:
+    """The dataset indices at positions `offsets` of epoch `epoch`'s visiting order."""
+    return self._permutation(epoch)[offsets]
 
 
 def eval_index_batches(num_examples: int, global_batch_size: int, process_index: int,

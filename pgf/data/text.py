@@ -49,7 +49,7 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
   return x ^ (x >> np.uint64(31))
 
 
-class FeistelSampler:
+class FeistelSampler(base.EpochSampler):
   """`base.EpochSampler` semantics in O(batch) memory, for splits too large to permute (C4: 365M).
 
   The epoch permutation is a 4-round Feistel network on the next even power of two >= num_examples,
@@ -57,21 +57,8 @@ class FeistelSampler:
   bijection, so each epoch still visits every example exactly once.
   """
 
-  def __init__(self, seed: int, num_examples: int, global_batch_size: int):
-    if num_examples <= 0:
-      raise ValueError(f"Cannot sample from an empty split (num_examples={num_examples}).")
-    self.seed, self.num_examples, self.global_batch_size = seed, num_examples, global_batch_size
-
-  def global_indices(self, step: int) -> np.ndarray:
-    if step < 0:
-      raise ValueError(f"step must be >= 0, got {step}.")
-    positions = step * self.global_batch_size + np.arange(self.global_batch_size, dtype=np.int64)
-    epochs, offsets = np.divmod(positions, self.num_examples)
-    out = np.empty_like(positions)
-    for epoch in np.unique(epochs):
-      sel = epochs == epoch
-      out[sel] = self.permute(offsets[sel], int(epoch))
-    return out
+  def _epoch_order(self, offsets: np.ndarray, epoch: int) -> np.ndarray:
+    return self.permute(offsets, epoch)
 
   def permute(self, x: np.ndarray, epoch: int) -> np.ndarray:
     bits = max(2, int(self.num_examples - 1).bit_length())
