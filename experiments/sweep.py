@@ -56,6 +56,7 @@ class Grid:
   metric: str
   metric_label: str
   baseline: str = ""      # summary key of a reference value (e.g. the majority class)
+  baseline_label: str = "Majority-class baseline"
 
 
 def sdgf_k_for(pattern: str, contracting: int) -> int:
@@ -88,29 +89,47 @@ def vit_digits(methods, patterns, seeds, steps) -> Grid:
   return Grid(tuple(cells), "deployed_accuracy", "deployed test accuracy (digits)")
 
 
+# The T5 grid's model: the demo's T5 v1.1 shape, narrowed so 3 pre-trainings and 84 fine-tunes fit in an
+# hour on 2 cores (~0.35M parameters; 1:32 and SDGF's first stages still fit the 64-wide contracting axis).
+T5_GRID_SIZES = {"model.emb_dim": 64, "model.num_heads": 4, "model.head_dim": 16, "model.mlp_dim": 256,
+                 "model.num_encoder_layers": 2, "model.num_decoder_layers": 2}
+
+
 def t5_shakespeare(methods, patterns, seeds, steps) -> Grid:
-  """Dense span-corruption pre-training per seed, then sparse genre fine-tuning per cell."""
+  """Dense span-corruption pre-training per seed, then sparse next-line fine-tuning per cell.
+
+  Fine-tuning writes the line that follows two lines of dialogue, scored in bits per target byte on
+  the 8 held-out plays (neither pre-training nor fine-tuning sees them). The genre labels of the demo
+  config are not learned by a model this small in minutes (README, Results), so the grid uses a task it
+  does learn: a dense fine-tune ends ~35% below the targets' unigram entropy.
+  """
   from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  steps = steps or 200
   cells = []
   for seed in seeds:
     pretrain = Cell(f"pretrain_s{seed}", "configs/t5_pretrain.py:demo",
-                    (("seed", seed),), "pretrain", "", seed, "current_bits_per_byte")
+                    tuple({**T5_GRID_SIZES, "seed": seed, "total_steps": 500, "eval_every": 0,
+                           "log_every": 50, "checkpoint_every": 250, "keep_checkpoints": 1,
+                           "optim.warmup_steps": 50}.items()),
+                    "pretrain", "", seed, "current_bits_per_byte")
     cells.append(pretrain)
     for pattern in patterns:
       for method in methods:
-        overrides = {"seed": seed, "sparsity.method": method,
-                     "sparsity.rules": ((config_lib.T5_FF, pattern),),
-                     "sparsity.sdgf_k": sdgf_k_for(pattern,
-                                                   config_lib.T5_DEMO_SIZES["emb_dim"]),
-                     "init_from": f"{{out}}/runs/{pretrain.name}"}
-        if steps:
-          overrides.update(total_steps=steps)
-        overrides["noise_every"] = max((steps or 500) // 20, 1)
+        overrides = {
+            **T5_GRID_SIZES, "seed": seed, "total_steps": steps, "log_every": max(steps // 10, 1),
+            "eval_every": 0, "checkpoint_every": max(steps // 2, 1), "keep_checkpoints": 1,
+            "optim.warmup_steps": max(steps // 20, 1), "data.name": "shakespeare_next_line",
+            "data.input_length": 96, "data.target_length": 48, "sparsity.method": method,
+            "sparsity.rules": ((config_lib.T5_FF, pattern),),
+            "sparsity.sdgf_k": sdgf_k_for(pattern, T5_GRID_SIZES["model.emb_dim"]),
+            "init_from": f"{{out}}/runs/{pretrain.name}", "noise_every": max(steps // 20, 1)}
         cells.append(Cell(f"{method}_{pattern.replace(':', 'of')}_s{seed}",
                           "configs/t5_1_4.py:demo", tuple(overrides.items()), method, pattern,
-                          seed, "deployed_exact_match", after=pretrain.name))
-  return Grid(tuple(cells), "deployed_exact_match", "deployed genre exact match (Shakespeare)",
-              baseline="majority_class_accuracy")
+                          seed, "deployed_bits_per_byte", after=pretrain.name))
+  return Grid(tuple(cells), "deployed_bits_per_byte",
+              "deployed next-line bits per byte on held-out plays (Shakespeare; lower is better)",
+              baseline="current_unigram_bits_per_byte",
+              baseline_label="Unigram byte entropy of the same targets")
 
 
 GRIDS = {"vit_digits": vit_digits, "t5_shakespeare": t5_shakespeare}
@@ -227,7 +246,7 @@ def markdown_table(rows: list[dict], grid: Grid) -> str:
     lines.append(f"| {method} | " + " | ".join(cells) + " |")
   baselines = [r["baseline"] for r in sparse_rows if "baseline" in r]
   if baselines:
-    lines += ["", f"Majority-class baseline: {mean_std(baselines)[0]:.4f}"]
+    lines += ["", f"{grid.baseline_label}: {mean_std(baselines)[0]:.4f}"]
   pretrain = [r for r in rows if r["method"] == "pretrain"]
   if pretrain:
     mean, std, n = mean_std(r["value"] for r in pretrain)

@@ -232,6 +232,10 @@ def _t5_problems(config) -> list[str]:
     value = data.get(field, 0)
     if not isinstance(value, int) or value < 0:
       problems.append(f"config.data.{field}={value!r}: an int >= 0 (0 = automatic / all)")
+  for field in ("lines_per_example", "context_lines"):
+    lines = data.get(field, 1)
+    if not isinstance(lines, int) or lines < 1:
+      problems.append(f"config.data.{field}={lines!r}: an int >= 1 (Shakespeare lines)")
   density, span = data.get("noise_density", 0.15), data.get("mean_noise_span_length", 3.0)
   if not isinstance(density, (int, float)) or not 0.0 < density < 1.0:
     problems.append(f"config.data.noise_density={density!r}: must be in (0, 1)")
@@ -343,7 +347,8 @@ def t5_config(ff: str | None = None, qk: str | None = None, qkv: str | None = No
   config.total_epochs = 0.0
   data = dict(data_dir="", tokenizer="byte", num_extra_ids=100, target_length=0,
               num_eval_examples=0, eval_split="", tfds_name="", noise_density=0.15,
-              mean_noise_span_length=3.0)
+              mean_noise_span_length=3.0, lines_per_example=4,
+              holdout="", context_lines=2)
   if pretrain:
     # T5's pre-training budget: 2^19 steps of 128 x 512 tokens, span corruption 512 -> 114.
     config.data = ml_collections.ConfigDict(dict(name=arg.dataset or "c4", input_length=512,

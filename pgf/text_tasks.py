@@ -3,7 +3,9 @@
 `seq2seq_task(config)` returns a `pgf.tasks.Task` whose data comes from `config.data.name`:
 
   pre-training (T5 span corruption)   "c4" (TFDS c4/en), "shakespeare_spans" (embedded, CPU demo)
-  fine-tuning (text-to-text labels)   "glue" (T5's GLUE mixture), "glue/<task>", "shakespeare_genre"
+  fine-tuning (text-to-text labels)   "glue" (T5's GLUE mixture), "glue/<task>", "shakespeare_genre",
+                                      "shakespeare_play" (embedded)
+  fine-tuning (generation)            "shakespeare_next_line" (embedded; the CPU-scale T5 grid's task)
 
 The loss is token cross-entropy on the targets (teacher forcing), padding masked, plus t5x's z-loss
 (`config.z_loss` * log(Z)^2 per token, which keeps the softmax normaliser near 1 and bf16 logits
@@ -14,7 +16,8 @@ in bits on the target's text bytes alone (see `_text_token_weights` for why sent
 left out), next to `unigram_bits_per_byte`, the entropy of the byte histogram of the same targets --
 the baseline any context-blind model is held to. Classification evals also greedy-decode the eval
 split and report `exact_match` (per GLUE task and averaged for the mixture) next to
-`majority_baseline`.
+`majority_baseline`. Generation is scored like span corruption: `bits_per_byte` of the target text next
+to its `unigram_bits_per_byte`.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from pgf.tasks import Task
 log = logging.getLogger(__name__)
 
 SPAN_CORRUPTION_DATASETS = ("c4", "shakespeare_spans")
-CLASSIFICATION_DATASETS = ("glue", "shakespeare_genre")  # and "glue/<task>" for each GLUE task
+CLASSIFICATION_DATASETS = ("glue", "shakespeare_genre", "shakespeare_play")
+GENERATION_DATASETS = ("shakespeare_next_line",)  # and "glue/<task>" for each GLUE task
 VOCAB_MULTIPLE = 128  # T5 pads its 32100-id vocabulary to 32128 for efficient TPU matmuls
 
 
@@ -46,9 +50,12 @@ def dataset_kind(name: str) -> str:
     return "span_corruption"
   if name in CLASSIFICATION_DATASETS or (name.startswith("glue/") and name[5:] in GLUE_TASKS):
     return "classification"
+  if name in GENERATION_DATASETS:
+    return "generation"
   raise ValueError(
       f"config.data.name={name!r}: a T5 dataset is one of "
-      f"{SPAN_CORRUPTION_DATASETS + CLASSIFICATION_DATASETS} or glue/<task> with <task> in "
+      f"{SPAN_CORRUPTION_DATASETS + CLASSIFICATION_DATASETS + GENERATION_DATASETS} or glue/<task> "
+      f"with <task> in "
       f"{sorted(GLUE_TASKS)}")
 
 
@@ -93,9 +100,16 @@ def build_text_source(config, tokenizer, process_index: int = 0, process_count: 
   if data.name == "shakespeare_spans":
     return shakespeare.ShakespeareSpanCorruption(split=data.get("eval_split") or "heldout",
                                                  num_eval_examples=cap, **noise, **common)
-  if data.name == "shakespeare_genre":
+  if data.name in ("shakespeare_genre", "shakespeare_play"):
     return shakespeare.ShakespeareClassification(split=data.get("eval_split") or "heldout",
+                                                 task=data.name[len("shakespeare_"):],
+                                                 lines_per_example=data.get("lines_per_example", 4),
+                                                 holdout=data.get("holdout") or None,
                                                  num_eval_examples=cap, **common)
+  if data.name == "shakespeare_next_line":
+    return shakespeare.ShakespeareNextLine(split=data.get("eval_split") or "heldout",
+                                           context_lines=data.get("context_lines", 2),
+                                           num_eval_examples=cap, **common)
   if data.name == "c4":
     return text.C4SpanCorruption(data_dir=data_dir, name=data.get("tfds_name") or "c4/en",
                                  eval_split=data.get("eval_split") or "validation",
@@ -161,7 +175,7 @@ def seq2seq_task(config, process_index: int = 0, process_count: int = 1) -> Task
       logits_via_embedding=m.get("logits_via_embedding", False),
       dtype=jnp.dtype(m.get("dtype", "float32")),
       **sizes))
-  if kind == "classification" and not config.get("init_from"):
+  if kind != "span_corruption" and not config.get("init_from"):
     log.warning("config.init_from is empty: fine-tuning %s from a random init (the paper's "
                 "protocol starts from a dense span-corruption pre-training workdir).",
                 config.data.name)
@@ -200,7 +214,7 @@ def seq2seq_task(config, process_index: int = 0, process_count: int = 1) -> Task
             f"bits_per_{text_unit}": jnp.sum(losses * text) / math.log(2),
             f"{text_unit}s": jnp.sum(text)}
 
-  if kind == "span_corruption":
+  if kind in ("span_corruption", "generation"):
     extra_eval = _unigram_eval(source, tokenizer, text_unit)
   else:
     extra_eval = _decoding_eval(model, source, tokenizer)

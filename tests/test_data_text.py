@@ -216,6 +216,44 @@ def test_classification_targets_decode_to_genres_and_baseline():
     shakespeare.ShakespeareClassification(global_batch_size=16, seed=0, target_length=5)
 
 
+@pytest.mark.parametrize("task", ["genre", "play"])
+def test_tails_holdout_evaluates_unseen_endings_of_every_play(task):
+  source = shakespeare.ShakespeareClassification(global_batch_size=8, seed=0, task=task, holdout="tails",
+                                                 lines_per_example=2, input_length=96)
+  plays = shakespeare.load_plays()
+  assert source.holdout == "tails" and source.task == task
+  # Every play (genre: every genre) is on both sides; held-out text is never a training passage.
+  assert set(source.train_labels.tolist()) == set(source.eval_labels.tolist()) == set(
+      range(len(source.label_names)))
+  train_texts, eval_texts = set(source._train_texts), set(source._eval_texts)
+  assert not {t for t in eval_texts if len(t) > 80} & train_texts
+  lines = sum(len(p.lines) for p in plays)
+  eval_lines = sum(t.count("\n") + 1 for t in source._eval_texts)
+  assert eval_lines == pytest.approx(shakespeare.TAIL_FRACTION * lines, rel=0.01)
+  # The last passage of the eval split is the end of the last play.
+  assert source._eval_texts[-1].endswith(plays[-1].lines[-1])
+  batch = source.train_batch(0)
+  assert TOKENIZER.decode(batch["inputs"][0]).startswith(f"shakespeare {task}: ")
+  assert {TOKENIZER.decode(row) for row in batch["targets"]} <= set(source.label_names)
+  if task == "play":
+    assert source.label_names == tuple(p.name for p in plays)
+    assert source.target_length == max(len(p.name) for p in plays) + 1
+    assert 0.0 < source.majority_class_accuracy() < 0.1  # 38 classes
+  else:
+    assert 0.2 < source.majority_class_accuracy() < 0.5
+
+
+def test_classification_rejects_bad_task_holdout_and_lines():
+  with pytest.raises(ValueError, match="task 'author'"):
+    shakespeare.ShakespeareClassification(task="author")
+  with pytest.raises(ValueError, match="holdout='plays' for task 'play'"):
+    shakespeare.ShakespeareClassification(task="play", holdout="plays")
+  with pytest.raises(ValueError, match="holdout='acts'"):
+    shakespeare.ShakespeareClassification(holdout="acts")
+  with pytest.raises(ValueError, match="lines_per_example=0"):
+    shakespeare.ShakespeareClassification(lines_per_example=0)
+
+
 def test_corpus_statistics():
   stats = shakespeare.corpus_statistics()
   assert sum(stats["plays_per_genre"].values()) == 38

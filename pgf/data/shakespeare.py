@@ -11,8 +11,12 @@ no passage of an evaluated play was seen in training. Two sources share `pgf.dat
 
 * `ShakespeareSpanCorruption`: raw byte windows of the concatenated plays, T5 span-corrupted (a CPU-sized
   stand-in for C4 pre-training). The window grid shifts by a (seed, epoch)-seeded offset every epoch.
-* `ShakespeareClassification`: "shakespeare genre: <4 consecutive lines>" -> "comedy" / "tragedy" / ... , a
-  real fine-tuning task (a stand-in for GLUE), with a majority-class baseline.
+* `ShakespeareClassification`: a real fine-tuning task (a stand-in for GLUE) with a majority-class baseline.
+  `task="genre"`: "shakespeare genre: <4 consecutive lines>" -> "comedy" / "tragedy" / ... , evaluated on
+  the held-out plays (generalisation across plays: hard for a model trained in CPU minutes).
+  `task="play"`: "shakespeare play: <lines>" -> the play's name ("king-lear"), 38 classes, evaluated on the
+  last `PLAY_TASK_HELDOUT_FRACTION` of every play's lines (never trained on). Character and place names
+  carry much of the signal, so a small model learns it in minutes: the CPU-scale grid's task.
 
 `train_batch` always samples the training plays; `split` picks what `eval_batches` sweeps ("heldout",
 alias "eval"/"validation"/"test", or "train" to measure memorisation), and `num_eval_examples` caps the
@@ -42,6 +46,11 @@ HELD_OUT_PLAYS = ("the-comedy-of-errors", "twelfth-night", "henry-vi-part-3", "r
                   "measure-for-measure", "julius-caesar", "the-tempest", "macbeth")
 _SPLIT_ALIASES = {"train": "train", "heldout": "heldout", "eval": "heldout", "validation": "heldout",
                   "test": "heldout"}
+# holdout="tails" evaluates on the end of every play (a contiguous block, so a trained passage is never
+# the continuation of an evaluated one except at the single cut).
+TAIL_FRACTION = 0.2
+TASKS = ("genre", "play")
+HOLDOUTS = ("plays", "tails")
 _OFFSET_TAG = 11  # seeds the per-epoch window offset; distinct from base's tags 0 and 1 and text's 7
 
 _SPEAKER = re.compile(r"\*\*[^*]+\*\*")
@@ -189,26 +198,35 @@ class ShakespeareSpanCorruption(TextSource):
 
 
 class ShakespeareClassification(TextSource):
-  """Genre of a passage: "shakespeare genre: <lines>" -> genre word + EOS; the offline GLUE stand-in.
+  """Genre or play of a passage: "shakespeare <task>: <lines>" -> label word + EOS; the offline GLUE
+  stand-in.
 
-  Passages are `lines_per_example` consecutive spoken lines of one play (non-overlapping). Eval plays are
-  never trained on, so accuracy measures generalisation across plays, not memorised passages.
+  Passages are `lines_per_example` consecutive spoken lines of one play (non-overlapping). With
+  holdout="plays" (genre only), eval plays are never trained on, so accuracy measures generalisation
+  across plays. With holdout="tails", every play's first 80% of lines train and its last 20% are the eval
+  split, so accuracy measures recognising a play (or its genre) from an unseen ending of it.
   """
-
-  prefix = "shakespeare genre: "
 
   def __init__(self, split: str = "heldout", global_batch_size: int = 32, seed: int = 0,
                input_length: int = 256, target_length: int | None = None, tokenizer=None, task: str = "genre",
                lines_per_example: int = 4, process_index: int = 0, process_count: int = 1,
-               eval_global_batch_size: int | None = None, num_eval_examples: int | None = None):
-    if task != "genre":
-      raise ValueError(f"Unknown task {task!r}: only 'genre' has labels that transfer to held-out plays.")
+               eval_global_batch_size: int | None = None, num_eval_examples: int | None = None,
+               holdout: str | None = None):
+    if task not in TASKS:
+      raise ValueError(f"Unknown Shakespeare task {task!r}; use one of {TASKS}.")
+    holdout = holdout or ("plays" if task == "genre" else "tails")
+    if holdout not in HOLDOUTS or (task == "play" and holdout == "plays"):
+      raise ValueError(f"holdout={holdout!r} for task {task!r}: use one of "
+                       f"{HOLDOUTS if task == 'genre' else ('tails',)} (a held-out play has no label).")
+    if lines_per_example < 1:
+      raise ValueError(f"lines_per_example={lines_per_example}: must be >= 1.")
     tokenizer = tokenizer or ByteTokenizer()
-    self.label_names = genre_names()
+    self.task, self.holdout, self.prefix = task, holdout, f"shakespeare {task}: "
+    self.label_names = genre_names() if task == "genre" else tuple(p.name for p in load_plays())
     target_length = label_target_length(tokenizer, self.label_names, target_length)
     super().__init__(global_batch_size, seed, input_length, target_length, tokenizer, process_index,
                      process_count, eval_global_batch_size)
-    self.split, self.task, self.lines_per_example = _canonical_split(split), task, lines_per_example
+    self.split, self.lines_per_example = _canonical_split(split), lines_per_example
     self._train_texts, self.train_labels = self._passages("train")
     eval_texts, eval_labels = self._passages(self.split)
     keep = _evenly_spaced(len(eval_texts), _capped(len(eval_texts), num_eval_examples))
@@ -218,12 +236,26 @@ class ShakespeareClassification(TextSource):
     self.label_token_ids = tuple(np.asarray(list(self.tokenizer.encode(name)) + eos, np.int32)
                                  for name in self.label_names)
 
+  def _label(self, index: int, play: Play) -> int:
+    return self.label_names.index(play.genre) if self.task == "genre" else index
+
+  def _split_lines(self, split: str) -> list[tuple[int, tuple[str, ...]]]:
+    """(label, lines) per play of `split`: whole plays, or the head (train) or tail of every play."""
+    plays = load_plays()
+    if self.holdout == "plays":
+      return [(self._label(i, p), p.lines) for i, p in enumerate(plays)
+              if (p.name in HELD_OUT_PLAYS) == (split == "heldout")]
+    out = []
+    for i, play in enumerate(plays):
+      cut = int(round(len(play.lines) * (1 - TAIL_FRACTION)))
+      out.append((self._label(i, play), play.lines[cut:] if split == "heldout" else play.lines[:cut]))
+    return out
+
   def _passages(self, split: str) -> tuple[list[str], np.ndarray]:
     texts, labels = [], []
-    for play in split_plays(split):
-      label = self.label_names.index(play.genre)
-      for i in range(0, len(play.lines), self.lines_per_example):
-        texts.append("\n".join(play.lines[i:i + self.lines_per_example]))
+    for label, lines in self._split_lines(split):
+      for i in range(0, len(lines), self.lines_per_example):
+        texts.append("\n".join(lines[i:i + self.lines_per_example]))
         labels.append(label)
     return texts, np.asarray(labels, np.int32)
 
@@ -238,9 +270,64 @@ class ShakespeareClassification(TextSource):
     return self._example(self._eval_texts[index], int(self.eval_labels[index]))
 
   def majority_class(self) -> str:
-    """The genre a constant predictor would pick: the most frequent one among training passages."""
+    """The label a constant predictor would pick: the most frequent one among training passages."""
     return self.label_names[int(np.bincount(self.train_labels, minlength=len(self.label_names)).argmax())]
 
   def majority_class_accuracy(self) -> float:
     """Accuracy on the eval split of always answering `majority_class()` (the baseline to beat)."""
     return float(np.mean(self.eval_labels == self.label_names.index(self.majority_class())))
+
+
+class ShakespeareNextLine(TextSource):
+  """The next spoken line: "shakespeare next line: <context_lines lines>" -> the line that follows + EOS.
+
+  A generation task (the decoder writes a line of verse or prose given the dialogue so far), scored by
+  the teacher-forced loss in bits per target byte on whole held-out plays, next to the unigram byte
+  entropy of the same targets. Every line with `context_lines` predecessors in its play is one example.
+  The context keeps its *last* bytes when it is longer than `input_length` (the words just before the
+  target matter most); targets longer than `target_length` keep their start and EOS.
+  """
+
+  prefix = "shakespeare next line: "
+
+  def __init__(self, split: str = "heldout", global_batch_size: int = 32, seed: int = 0,
+               input_length: int = 128, target_length: int | None = None, tokenizer=None,
+               context_lines: int = 2, process_index: int = 0, process_count: int = 1,
+               eval_global_batch_size: int | None = None, num_eval_examples: int | None = None):
+    if context_lines < 1:
+      raise ValueError(f"context_lines={context_lines}: must be >= 1.")
+    tokenizer = tokenizer or ByteTokenizer()
+    prefix_length = len(tokenizer.encode(self.prefix)) + 1  # + EOS
+    if input_length <= prefix_length:
+      raise ValueError(f"input_length={input_length} leaves no room for context after the "
+                       f"{prefix_length}-token prefix {self.prefix!r} and EOS.")
+    super().__init__(global_batch_size, seed, input_length, target_length or 64, tokenizer, process_index,
+                     process_count, eval_global_batch_size)
+    self.split, self.context_lines = _canonical_split(split), context_lines
+    self._train_plays, self._train_index = self._examples("train")
+    self._eval_plays, eval_index = self._examples(self.split)
+    keep = _evenly_spaced(len(eval_index), _capped(len(eval_index), num_eval_examples))
+    self._eval_index = eval_index[keep]
+    self.num_train, self.num_eval = len(self._train_index), len(self._eval_index)
+
+  def _examples(self, split: str) -> tuple[tuple[Play, ...], np.ndarray]:
+    """The split's plays and one (play, line) row per target line that has enough context."""
+    plays = split_plays(split)
+    rows = [(p, i) for p, play in enumerate(plays) for i in range(self.context_lines, len(play.lines))]
+    return plays, np.asarray(rows, np.int64).reshape(-1, 2)
+
+  def _example(self, play: Play, line: int) -> tuple[np.ndarray, np.ndarray]:
+    t = self.tokenizer
+    context = t.encode("\n".join(play.lines[line - self.context_lines:line]))
+    prefix = t.encode(self.prefix)
+    context = context[max(context.size - (self.input_length - prefix.size - 1), 0):]
+    inputs = np.concatenate([prefix, context, [t.eos_id]]).astype(np.int32)
+    return inputs, np.concatenate([t.encode(play.lines[line]), [t.eos_id]]).astype(np.int32)
+
+  def _train_example(self, index, epoch, rng):
+    play, line = self._train_index[index]
+    return self._example(self._train_plays[play], int(line))
+
+  def _eval_example(self, index):
+    play, line = self._eval_index[index]
+    return self._example(self._eval_plays[play], int(line))
