@@ -9,7 +9,8 @@ Every cell is one `train_and_evaluate` run in its own process (`--workers` at a 
 pinned to one CPU thread so they don't fight over cores) with its own workdir under `--out`/runs/.
 A cell whose workdir holds `summary.json` is skipped and an interrupted one resumes from its
 checkpoints, so rerunning the same command after a crash only does the missing work. The T5
-grid pre-trains one dense model per seed first and fine-tunes every cell from it.
+grid pre-trains one dense model per seed first and fine-tunes every cell from it (next-line
+prediction on held-out plays; see `t5_shakespeare`).
 
 Writes to `--out`: results.csv (one row per run), table.md (mean ± std of the deployed metric:
 finalized weights at the exact target pattern, per method and pattern), and the figures
@@ -244,6 +245,7 @@ def markdown_table(rows: list[dict], grid: Grid) -> str:
                               if r["method"] == method and r["pattern"] == pattern)
       cells.append("–" if not n else f"{mean:.4f} ± {std:.4f} ({n})")
     lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  lines += paired_differences(sparse_rows, methods, patterns)
   baselines = [r["baseline"] for r in sparse_rows if "baseline" in r]
   if baselines:
     lines += ["", f"{grid.baseline_label}: {mean_std(baselines)[0]:.4f}"]
@@ -255,6 +257,28 @@ def markdown_table(rows: list[dict], grid: Grid) -> str:
   seconds = sum(r["train_seconds"] or 0 for r in rows)
   lines += ["", f"{len(rows)} runs, {seconds / 60:.0f} min of training in total."]
   return "\n".join(lines) + "\n"
+
+
+def paired_differences(rows: list[dict], methods, patterns, reference: str = "sr_ste") -> list[str]:
+  """Markdown lines: each method minus `reference`, paired by seed (same init, data order and, for
+  T5, pre-training), mean ± std over the seeds both finished. Pairing removes the seed-to-seed
+  spread that the two methods share, so it resolves smaller differences than the table above."""
+  value = {(r["method"], r["pattern"], r["seed"]): r["value"] for r in rows if r["value"] is not None}
+  if reference not in methods:
+    return []
+  lines = ["", f"Difference to {reference}, paired by seed: mean ± std (n seeds)", "",
+           "| method | " + " | ".join(patterns) + " |", "|---|" + "---|" * len(patterns)]
+  for method in methods:
+    if method == reference:
+      continue
+    cells = []
+    for pattern in patterns:
+      diffs = [v - value[(reference, pattern, seed)] for (m, p, seed), v in value.items()
+               if m == method and p == pattern and (reference, pattern, seed) in value]
+      mean, std, n = mean_std(diffs)
+      cells.append("–" if not n else f"{mean:+.4f} ± {std:.4f} ({n})")
+    lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  return lines
 
 
 def write_reports(grid: Grid, out: str) -> None:
@@ -293,7 +317,7 @@ def main():
   parser.add_argument("--methods", default=",".join(METHODS))
   parser.add_argument("--patterns", default=",".join(PATTERNS))
   parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
-  parser.add_argument("--steps", type=int, default=0, help="override the runs' total steps")
+  parser.add_argument("--steps", type=int, default=0, help="override the runs' total steps (T5: the fine-tunes')")
   parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
   parser.add_argument("--report-only", action="store_true")
   parser.add_argument("--run-cell", help=argparse.SUPPRESS)

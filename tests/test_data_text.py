@@ -254,6 +254,35 @@ def test_classification_rejects_bad_task_holdout_and_lines():
     shakespeare.ShakespeareClassification(lines_per_example=0)
 
 
+def test_next_line_targets_follow_their_context_on_held_out_plays():
+  source = shakespeare.ShakespeareNextLine(global_batch_size=8, seed=0, input_length=64, target_length=40,
+                                           context_lines=2)
+  heldout = shakespeare.split_plays("heldout")
+  assert source.num_eval == sum(len(p.lines) - 2 for p in heldout)
+  assert source.num_train == sum(len(p.lines) - 2 for p in shakespeare.split_plays("train"))
+  t = source.tokenizer
+  for batch, plays in ((source.train_batch(3), shakespeare.split_plays("train")),
+                       (next(iter(source.eval_batches())), heldout)):
+    texts = {"\n".join(p.lines) for p in plays}
+    for inputs, targets in zip(batch["inputs"], batch["targets"]):
+      context, target = t.decode(inputs), t.decode(targets)
+      assert context.startswith("shakespeare next line: ")
+      # The context's last bytes are kept; the target is the very next line of the same play.
+      context = context[len("shakespeare next line: "):]
+      assert any(context + "\n" + target in text for text in texts), (context, target)
+      assert (inputs > 0).sum() <= 64 and targets[(targets > 0)][-1] == t.eos_id
+  # Long contexts lose their beginning, not their end; long targets keep their start and EOS.
+  inputs, targets = source._example(heldout[0], 10)
+  assert inputs.size == 64 and inputs[-1] == t.eos_id
+  assert t.decode(inputs).endswith(heldout[0].lines[9][-10:])
+  capped = shakespeare.ShakespeareNextLine(num_eval_examples=50, input_length=64)
+  assert capped.num_eval == 50 and capped._eval_index[-1][0] == len(heldout) - 1
+  with pytest.raises(ValueError, match="context_lines=0"):
+    shakespeare.ShakespeareNextLine(context_lines=0)
+  with pytest.raises(ValueError, match="input_length=20"):
+    shakespeare.ShakespeareNextLine(input_length=20)
+
+
 def test_corpus_statistics():
   stats = shakespeare.corpus_statistics()
   assert sum(stats["plays_per_genre"].values()) == 38

@@ -169,6 +169,8 @@ def learning_rate_of(config):
     ("model.variant", "huge", "config.model.variant='huge'"),
     ("data.input_length", 2, "config.data.input_length=2"),
     ("model.emb_dim", 0, "config.model.emb_dim=0"),
+    ("data.context_lines", 0, "config.data.context_lines=0"),
+    ("data.lines_per_example", -1, "config.data.lines_per_example=-1"),
 ])
 def test_bad_t5_config_fields_are_named(field, value, message):
   config = load_config("t5_1_32.py", "demo")
@@ -211,6 +213,8 @@ def test_token_losses_and_bits_per_text_byte():
 def test_dataset_kinds_and_vocab_padding():
   assert text_tasks.dataset_kind("c4") == "span_corruption"
   assert text_tasks.dataset_kind("glue/mnli") == "classification"
+  assert text_tasks.dataset_kind("shakespeare_play") == "classification"
+  assert text_tasks.dataset_kind("shakespeare_next_line") == "generation"
   with pytest.raises(ValueError, match="config.data.name"):
     text_tasks.dataset_kind("imagenet2012")
   config = load_config("t5_1_4.py", "demo")

@@ -204,7 +204,9 @@ class ShakespeareClassification(TextSource):
   Passages are `lines_per_example` consecutive spoken lines of one play (non-overlapping). With
   holdout="plays" (genre only), eval plays are never trained on, so accuracy measures generalisation
   across plays. With holdout="tails", every play's first 80% of lines train and its last 20% are the eval
-  split, so accuracy measures recognising a play (or its genre) from an unseen ending of it.
+  split, so accuracy measures recognising a play (or its genre) from an unseen ending of it. (Span-corruption
+  pre-training reads the training plays whole: a model pre-trained on them has seen those endings'
+  text, unlabelled.)
   """
 
   def __init__(self, split: str = "heldout", global_batch_size: int = 32, seed: int = 0,
