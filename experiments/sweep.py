@@ -14,7 +14,8 @@ prediction on held-out plays; see `t5_shakespeare`).
 
 Writes to `--out`: results.csv (one row per run), table.md (mean ± std of the deployed metric:
 finalized weights at the exact target pattern, per method and pattern), and the figures
-metric_vs_sparsity.png and noise.png (gradient-noise statistics over training, paper §4).
+metric_vs_sparsity.png, paired_vs_sr_ste.png (each method minus SR-STE at the same seed) and
+noise.png (gradient-noise statistics over training, paper §4).
 """
 
 from __future__ import annotations
@@ -259,13 +260,20 @@ def markdown_table(rows: list[dict], grid: Grid) -> str:
   return "\n".join(lines) + "\n"
 
 
+def paired_rows(rows: list[dict], reference: str = "sr_ste") -> list[dict]:
+  """One row per run of another method: its value minus `reference`'s at the same pattern and seed."""
+  value = {(r["method"], r["pattern"], r["seed"]): r["value"] for r in rows if r["value"] is not None}
+  return [{"method": m, "pattern": p, "seed": seed, "value": v - value[(reference, p, seed)]}
+          for (m, p, seed), v in value.items() if m != reference and (reference, p, seed) in value]
+
+
 def paired_differences(rows: list[dict], methods, patterns, reference: str = "sr_ste") -> list[str]:
   """Markdown lines: each method minus `reference`, paired by seed (same init, data order and, for
   T5, pre-training), mean ± std over the seeds both finished. Pairing removes the seed-to-seed
   spread that the two methods share, so it resolves smaller differences than the table above."""
-  value = {(r["method"], r["pattern"], r["seed"]): r["value"] for r in rows if r["value"] is not None}
   if reference not in methods:
     return []
+  diffs = paired_rows(rows, reference)
   lines = ["", f"Difference to {reference}, paired by seed: mean ± std (n seeds)", "",
            "| method | " + " | ".join(patterns) + " |", "|---|" + "---|" * len(patterns)]
   for method in methods:
@@ -273,9 +281,8 @@ def paired_differences(rows: list[dict], methods, patterns, reference: str = "sr
       continue
     cells = []
     for pattern in patterns:
-      diffs = [v - value[(reference, pattern, seed)] for (m, p, seed), v in value.items()
-               if m == method and p == pattern and (reference, pattern, seed) in value]
-      mean, std, n = mean_std(diffs)
+      mean, std, n = mean_std(d["value"] for d in diffs
+                              if d["method"] == method and d["pattern"] == pattern)
       cells.append("–" if not n else f"{mean:+.4f} ± {std:.4f} ({n})")
     lines.append(f"| {method} | " + " | ".join(cells) + " |")
   return lines
@@ -300,6 +307,12 @@ def write_reports(grid: Grid, out: str) -> None:
   sparse = [r for r in rows if r["method"] != "pretrain"]
   plots.plot_sweep(sparse, os.path.join(out, "metric_vs_sparsity.png"),
                    metric_label=grid.metric_label)
+  # The sparse methods' differences are small next to one-shot pruning's; plot them paired.
+  paired = [r for r in paired_rows(sparse) if r["method"] != "dense"]
+  if paired:
+    plots.plot_sweep(paired, os.path.join(out, "paired_vs_sr_ste.png"),
+                     metric_label=f"{grid.metric_label.split(' (')[0]} minus SR-STE's",
+                     title="difference to SR-STE at the same seed: mean ± std over seeds")
   noise_runs = {}
   target = "1:16" if any(r["pattern"] == "1:16" for r in sparse) else sparse[0]["pattern"]
   for r in sparse:
@@ -307,7 +320,8 @@ def write_reports(grid: Grid, out: str) -> None:
       noise_runs[r["method"]] = workdir_of(out, r["name"])
   plots.plot_noise_from_workdirs(noise_runs, os.path.join(out, "noise.png"),
                                  title=f"gradient noise, FF at {target}")
-  print(f"wrote {out}/results.csv, table.md, metric_vs_sparsity.png, noise.png")
+  print(f"wrote {out}/results.csv, table.md, metric_vs_sparsity.png, paired_vs_sr_ste.png, "
+        "noise.png")
 
 
 def main():

@@ -38,8 +38,9 @@ from pgf.tasks import Task
 log = logging.getLogger(__name__)
 
 SPAN_CORRUPTION_DATASETS = ("c4", "shakespeare_spans")
+# and "glue/<task>" for each GLUE task
 CLASSIFICATION_DATASETS = ("glue", "shakespeare_genre", "shakespeare_play")
-GENERATION_DATASETS = ("shakespeare_next_line",)  # and "glue/<task>" for each GLUE task
+GENERATION_DATASETS = ("shakespeare_next_line",)
 VOCAB_MULTIPLE = 128  # T5 pads its 32100-id vocabulary to 32128 for efficient TPU matmuls
 
 
@@ -55,8 +56,7 @@ def dataset_kind(name: str) -> str:
   raise ValueError(
       f"config.data.name={name!r}: a T5 dataset is one of "
       f"{SPAN_CORRUPTION_DATASETS + CLASSIFICATION_DATASETS + GENERATION_DATASETS} or glue/<task> "
-      f"with <task> in "
-      f"{sorted(GLUE_TASKS)}")
+      f"with <task> in {sorted(GLUE_TASKS)}")
 
 
 def build_tokenizer(data_config):

@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import importlib.util
 import os
+import sys
 
 import pytest
 
@@ -13,6 +14,7 @@ from pgf.train import preflight
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location("sweep", os.path.join(ROOT, "experiments", "sweep.py"))
 sweep = importlib.util.module_from_spec(_spec)
+sys.modules["sweep"] = sweep  # dataclasses look their module up while the file executes
 _spec.loader.exec_module(sweep)
 
 
@@ -62,7 +64,7 @@ def test_bad_grid_arguments_are_named(capsys, monkeypatch):
 
 
 def test_miniature_t5_grid_pretrains_first_fine_tunes_from_it_resumes_and_reports(tmp_path):
-  grid = sweep.t5_shakespeare(("dense", "sr_ste"), ("1:16",), (0,), 4)
+  grid = sweep.t5_shakespeare(("dense", "sr_ste", "mdgf_exp"), ("1:16",), (0,), 4)
   tiny = {"total_steps": 4, "checkpoint_every": 2, "data.num_eval_examples": 16,
           "eval_batch_size": 16, "noise_every": 2, "log_every": 2}
   cells = tuple(dataclasses.replace(c, overrides=tuple({**dict(c.overrides), **tiny}.items()))
@@ -75,7 +77,7 @@ def test_miniature_t5_grid_pretrains_first_fine_tunes_from_it_resumes_and_report
   sweep.write_reports(grid, out)
   with open(os.path.join(out, "results.csv")) as f:
     rows = list(csv.DictReader(f))
-  assert sorted(r["method"] for r in rows) == ["dense", "pretrain", "sr_ste"]
+  assert sorted(r["method"] for r in rows) == ["dense", "mdgf_exp", "pretrain", "sr_ste"]
   for row in rows:
     assert 0.5 < float(row["value"]) < 9.0  # bits per byte of untrained-ish models
     if row["method"] != "pretrain":
@@ -85,7 +87,7 @@ def test_miniature_t5_grid_pretrains_first_fine_tunes_from_it_resumes_and_report
   assert "Dense pre-training" in table
   by_method = {r["method"]: float(r["value"]) for r in rows}
   assert f"| dense | {by_method['dense'] - by_method['sr_ste']:+.4f} ± 0.0000 (1) |" in table
-  for png in ("metric_vs_sparsity.png", "noise.png"):
+  for png in ("metric_vs_sparsity.png", "paired_vs_sr_ste.png", "noise.png"):
     assert os.path.getsize(os.path.join(out, png)) > 1000
   # A second invocation finds every run finished and starts none.
   mtimes = {c.name: os.path.getmtime(os.path.join(out, "runs", c.name, "summary.json"))

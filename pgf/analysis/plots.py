@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import textwrap
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -243,9 +244,11 @@ def plot_sweep(rows, out: str, metric_label: str = "metric", value_key: str = "v
   ax.set_xticks([positions[p] for p in patterns])
   ax.set_xticklabels([f"{p}\n{1 - _density(p):.1%}" for p in patterns])
   ax.set_xlabel("N:M target (sparsity)")
-  ax.set_ylabel(metric_label)
+  # Long labels wrap instead of running off the figure.
+  ax.set_ylabel("\n".join(textwrap.wrap(metric_label, 40)))
   seeds = max(len(v) for by_pattern in cells.values() for v in by_pattern.values())
-  ax.set_title(title or f"{metric_label}: mean ± std over up to {seeds} seeds")
+  ax.set_title("\n".join(textwrap.wrap(
+      title or f"{metric_label}: mean ± std over up to {seeds} seeds", 80)), fontsize=10)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   return _save(fig, out)

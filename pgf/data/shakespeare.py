@@ -7,16 +7,18 @@ keep only spoken text: headings, speaker tags (`**HAMLET**`), stage directions (
 `*Exeunt.*`, inline `_\\[Aside]_`) and markdown escapes are removed; one verse/prose line per entry.
 
 Generalisation is measured on whole held-out plays (`HELD_OUT_PLAYS`, at least one per genre, fixed), so
-no passage of an evaluated play was seen in training. Two sources share `pgf.data.text.TextSource`:
+no passage of an evaluated play was seen in training (the play task, which needs every play in training,
+holds out the end of every play instead). Three sources share `pgf.data.text.TextSource`:
 
 * `ShakespeareSpanCorruption`: raw byte windows of the concatenated plays, T5 span-corrupted (a CPU-sized
   stand-in for C4 pre-training). The window grid shifts by a (seed, epoch)-seeded offset every epoch.
 * `ShakespeareClassification`: a real fine-tuning task (a stand-in for GLUE) with a majority-class baseline.
-  `task="genre"`: "shakespeare genre: <4 consecutive lines>" -> "comedy" / "tragedy" / ... , evaluated on
-  the held-out plays (generalisation across plays: hard for a model trained in CPU minutes).
-  `task="play"`: "shakespeare play: <lines>" -> the play's name ("king-lear"), 38 classes, evaluated on the
-  last `PLAY_TASK_HELDOUT_FRACTION` of every play's lines (never trained on). Character and place names
-  carry much of the signal, so a small model learns it in minutes: the CPU-scale grid's task.
+  `task="genre"`: "shakespeare genre: <4 consecutive lines>" -> "comedy" / "tragedy" / ...
+  `task="play"`: "shakespeare play: <lines>" -> the play's name ("king-lear"), 38 classes.
+  Neither is learned above the majority class by a small model in CPU minutes (README, T5 section).
+* `ShakespeareNextLine`: "shakespeare next line: <preceding lines>" -> the line that follows, a generation
+  fine-tuning task scored in bits per target byte on the held-out plays. A small pre-trained model learns
+  it within CPU minutes, so it is the CPU-scale T5 grid's task.
 
 `train_batch` always samples the training plays; `split` picks what `eval_batches` sweeps ("heldout",
 alias "eval"/"validation"/"test", or "train" to measure memorisation), and `num_eval_examples` caps the
