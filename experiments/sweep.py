@@ -224,6 +224,20 @@ def collect(grid: Grid, out: str) -> list[dict]:
   return rows
 
 
+def density(pattern: str) -> float:
+  n, m = (int(x) for x in pattern.split(":"))
+  return n / m
+
+
+def check_pattern(pattern: str) -> str:
+  """Returns `pattern` if it is "N:M" with 0 < N < M, else raises ValueError naming it."""
+  from pgf import masks  # pylint: disable=g-import-not-at-top
+  n, m = masks.parse_nm(pattern)
+  if not 0 < n < m:
+    raise ValueError(f"N:M pattern needs 0 < N < M, got {pattern!r}")
+  return pattern
+
+
 def mean_std(values):
   import numpy as np  # pylint: disable=g-import-not-at-top
   values = np.asarray([v for v in values if v is not None], float)
@@ -235,7 +249,7 @@ def mean_std(values):
 def markdown_table(rows: list[dict], grid: Grid) -> str:
   sparse_rows = [r for r in rows if r["method"] != "pretrain"]
   methods = [m for m in METHODS if any(r["method"] == m for r in sparse_rows)]
-  patterns = [p for p in PATTERNS if any(r["pattern"] == p for r in sparse_rows)]
+  patterns = sorted({r["pattern"] for r in sparse_rows if r["pattern"]}, key=density, reverse=True)
   lines = [f"{grid.metric_label}, mean ± std over seeds (n runs)", "",
            "| method | " + " | ".join(patterns) + " |",
            "|---|" + "---|" * len(patterns)]
@@ -345,9 +359,17 @@ def main():
   unknown = set(methods) - set(METHODS)
   if unknown:
     parser.error(f"--methods: unknown {sorted(unknown)}; choose from {METHODS}")
-  patterns = tuple(p for p in args.patterns.split(",") if p)
-  seeds = tuple(int(s) for s in args.seeds.split(",") if s != "")
   sys.path.insert(0, ROOT)
+  try:
+    patterns = tuple(check_pattern(p.strip()) for p in args.patterns.split(",") if p.strip())
+  except ValueError as e:
+    parser.error(f"--patterns: {e}")
+  try:
+    seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+  except ValueError:
+    parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+  if not (methods and patterns and seeds):
+    parser.error("--methods, --patterns and --seeds must each name at least one value")
   grid = GRIDS[args.grid](methods, patterns, seeds, args.steps)
   out = os.path.abspath(args.out)
   os.makedirs(out, exist_ok=True)

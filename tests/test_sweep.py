@@ -63,6 +63,32 @@ def test_bad_grid_arguments_are_named(capsys, monkeypatch):
   assert "unknown ['srste']" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag, message", [
+    ("--patterns=1:16,4:2", "--patterns: N:M pattern needs 0 < N < M, got '4:2'"),
+    ("--patterns=1/16", "--patterns: N:M pattern must look like '1:16', got '1/16'"),
+    ("--seeds=0,one", "--seeds: expected comma-separated integers, got '0,one'"),
+    ("--seeds=", "must each name at least one value")])
+def test_bad_patterns_and_seeds_are_named_before_anything_runs(capsys, monkeypatch, tmp_path,
+                                                                flag, message):
+  out = tmp_path / "never"
+  monkeypatch.setattr("sys.argv", ["sweep.py", "--grid=vit_digits", f"--out={out}", flag])
+  with pytest.raises(SystemExit):
+    sweep.main()
+  assert message in capsys.readouterr().err
+  assert not out.exists()
+
+
+def test_table_lists_every_pattern_run_densest_first():
+  grid = sweep.vit_digits(("sr_ste", "mdgf_exp"), ("1:8", "2:4"), (0,), 10)
+  rows = [{"name": c.name, "method": c.method, "pattern": c.pattern, "seed": 0,
+           "value": 0.5 + 0.1 * i, "train_seconds": 1.0} for i, c in enumerate(grid.cells)]
+  table = sweep.markdown_table(rows, grid)
+  assert "| method | 2:4 | 1:8 |" in table  # 1:8 is not one of the default patterns
+  # rows in grid order: sr_ste 1:8 = 0.5, mdgf_exp 1:8 = 0.6, sr_ste 2:4 = 0.7, mdgf_exp 2:4 = 0.8
+  assert "| mdgf_exp | 0.8000 ± 0.0000 (1) | 0.6000 ± 0.0000 (1) |" in table
+  assert "| mdgf_exp | +0.1000 ± 0.0000 (1) | +0.1000 ± 0.0000 (1) |" in table
+
+
 def test_miniature_t5_grid_pretrains_first_fine_tunes_from_it_resumes_and_reports(tmp_path):
   grid = sweep.t5_shakespeare(("dense", "sr_ste", "mdgf_exp"), ("1:16",), (0,), 4)
   tiny = {"total_steps": 4, "checkpoint_every": 2, "data.num_eval_examples": 16,
