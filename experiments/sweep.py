@@ -225,16 +225,19 @@ def collect(grid: Grid, out: str) -> list[dict]:
 
 
 def density(pattern: str) -> float:
-  n, m = (int(x) for x in pattern.split(":"))
+  from pgf import masks  # pylint: disable=g-import-not-at-top
+  n, m = masks.parse_nm(pattern)
   return n / m
 
 
 def check_pattern(pattern: str) -> str:
-  """Returns `pattern` if it is "N:M" with 0 < N < M, else raises ValueError naming it."""
-  from pgf import masks  # pylint: disable=g-import-not-at-top
-  n, m = masks.parse_nm(pattern)
-  if not 0 < n < m:
-    raise ValueError(f"N:M pattern needs 0 < N < M, got {pattern!r}")
+  """Returns `pattern` if a pgf.Recipe accepts it as a rule's N:M, else raises ValueError with
+  the recipe's own complaint (so the sweep and training agree on what is valid)."""
+  import pgf  # pylint: disable=g-import-not-at-top
+  try:
+    pgf.Recipe(method="sr_ste", rules=((".*", pattern),), total_steps=1)
+  except ValueError as e:
+    raise ValueError(str(e).split("\n  - ", 1)[-1]) from None
   return pattern
 
 

@@ -64,8 +64,8 @@ def test_bad_grid_arguments_are_named(capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("flag, message", [
-    ("--patterns=1:16,4:2", "--patterns: N:M pattern needs 0 < N < M, got '4:2'"),
-    ("--patterns=1/16", "--patterns: N:M pattern must look like '1:16', got '1/16'"),
+    ("--patterns=1:16,4:2", "--patterns: rules[0] ('.*', '4:2'): need 1 <= N <= M, got 4:2"),
+    ("--patterns=1/16", "--patterns: rules[0]: N:M '1/16' must look like '1:16'"),
     ("--seeds=0,one", "--seeds: expected comma-separated integers, got '0,one'"),
     ("--seeds=", "must each name at least one value")])
 def test_bad_patterns_and_seeds_are_named_before_anything_runs(capsys, monkeypatch, tmp_path,
