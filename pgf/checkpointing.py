@@ -7,6 +7,10 @@
   files) is moved aside to `<workdir>/checkpoints_corrupt/` with a warning, never deleted, and
   the next older step is tried. Moving it aside also stops keep-last-k from counting the torn
   step and deleting the good one, and lets the resumed run save that step number again.
+* With several processes (hosts), each reads its own shards, so a step torn on one host only
+  restores on the others. Which step to try, whether it restored everywhere, and what is moved
+  aside are agreed across processes (`pgf.multihost`) before any of them goes on: all resume
+  from the same step, and process 0 alone moves a step aside in the shared directory.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import shutil
 from typing import Any
 
 import orbax.checkpoint as ocp
+
+from pgf import multihost
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +43,8 @@ class Checkpointer:
 
   def save(self, step: int, state: Any) -> bool:
     """Saves `state` at `step` (no-op if that step is already saved)."""
-    if step in self.manager.all_steps():
+    # Every process must take the same branch: a save is a collective in orbax.
+    if multihost.agree_max(step in self.manager.all_steps()):
       return False
     return self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
@@ -47,33 +54,61 @@ class Checkpointer:
   def restore_latest(self, target: Any) -> tuple[Any, int | None]:
     """(state, step) from the newest complete checkpoint, or (None, None) if there is none.
 
+    Every process returns the same step. A step that does not restore on some process is
+    moved aside (by process 0) and the next older one is tried, by all processes together.
+
     Args:
       target: a pytree of `jax.ShapeDtypeStruct` (with shardings) or arrays describing the
         state; restored arrays get its shapes, dtypes and shardings.
     """
-    for step in reversed(self.all_steps()):
+    below = None
+    while True:
+      step = agreed_newest_step(self.all_steps(), below)
+      if step is None:
+        return None, None
+      state, error = None, None
       try:
         state = self.manager.restore(step, args=ocp.args.StandardRestore(target))
-        return state, step
       except Exception as e:  # pylint: disable=broad-except  (orbax raises many types)
-        self._move_aside(step, e)
-    return None, None
+        error = e
+      if multihost.agree_min(error is None):
+        return state, step
+      self._move_aside(step, error)
+      below = step
 
-  def _move_aside(self, step: int, error: Exception) -> None:
-    os.makedirs(self.corrupt_directory, exist_ok=True)
-    source = os.path.join(self.directory, str(step))
-    target = os.path.join(self.corrupt_directory, str(step))
-    suffix = 0
-    while os.path.exists(target):
-      suffix += 1
-      target = os.path.join(self.corrupt_directory, f"{step}.{suffix}")
-    log.warning("Checkpoint at step %d could not be restored (%s: %s); moved it to %s and "
-                "falling back to the previous one.", step, type(error).__name__,
-                str(error).splitlines()[0][:200] if str(error) else "", target)
-    if os.path.exists(source):
-      shutil.move(source, target)
+  def _move_aside(self, step: int, error: Exception | None) -> None:
+    """Moves `step` to the corrupt directory (process 0, once); every process waits for it."""
+    why = (f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+           if error is not None else "it did not restore on another process")
+    if multihost.is_main():
+      os.makedirs(self.corrupt_directory, exist_ok=True)
+      source = os.path.join(self.directory, str(step))
+      target = os.path.join(self.corrupt_directory, str(step))
+      suffix = 0
+      while os.path.exists(target):
+        suffix += 1
+        target = os.path.join(self.corrupt_directory, f"{step}.{suffix}")
+      if os.path.exists(source):
+        shutil.move(source, target)
+      where = f"moved it to {target}"
+    else:
+      where = "process 0 moves it aside"
+    log.warning("Checkpoint at step %d could not be restored (%s); %s and falling back to "
+                "the previous one.", step, why, where)
+    multihost.barrier(f"pgf_checkpoint_moved_aside_{step}")
     self.manager.reload()
 
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def agreed_newest_step(steps: list[int], below: int | None = None) -> int | None:
+  """The newest of `steps` (below `below`, if given) that every process sees, or None.
+
+  Each process proposes its newest step and all take the smallest proposal, so a step that
+  some process cannot see yet (a shared filesystem lagging on one host) is never chosen.
+  """
+  local = [s for s in steps if below is None or s < below]
+  step = multihost.agree_min(local[-1] if local else -1)
+  return None if step < 0 else step

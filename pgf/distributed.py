@@ -1,18 +1,111 @@
-"""Multi-host setup with JAX's own machinery (no launcher of our own)."""
+"""Multi-host setup with JAX's own machinery (no launcher of our own).
+
+`jax.distributed.initialize` is called when the job has several processes:
+
+  * explicitly, on any cluster: the coordinator address (host:port of process 0), the number
+    of processes and this process's id, from the flags `--coordinator_address`,
+    `--num_processes`, `--process_id` or else the environment variables
+    `PGF_COORDINATOR_ADDRESS`, `PGF_NUM_PROCESSES`, `PGF_PROCESS_ID` (`JAX_COORDINATOR_ADDRESS`,
+    `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID` are read too);
+  * automatically on a multi-host Cloud TPU VM slice, under SLURM or Open MPI, or wherever
+    `PGF_DISTRIBUTED=1` is set: JAX detects the three values itself.
+
+Otherwise the run is one process and nothing is called. On CPU, cross-process collectives use
+gloo (JAX's default), so the same code runs as several local processes for testing.
+"""
+
+from __future__ import annotations
 
 import logging
 import os
+from typing import Mapping
+
+# Each setting: (PGF's variable, JAX's variable). JAX itself reads only the address.
+ENV_VARS = {
+    "coordinator_address": ("PGF_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS"),
+    "num_processes": ("PGF_NUM_PROCESSES", "JAX_NUM_PROCESSES"),
+    "process_id": ("PGF_PROCESS_ID", "JAX_PROCESS_ID"),
+}
+FLAGS_OF = {"coordinator_address": "--coordinator_address", "num_processes": "--num_processes",
+            "process_id": "--process_id"}
 
 
-def initialize() -> None:
-  """Calls `jax.distributed.initialize()` on multi-host TPU VMs / clusters; skipped cleanly on
-  one host. Cloud TPU VMs and SLURM/Open MPI are auto-detected by JAX; set
-  PGF_DISTRIBUTED=1 to force it elsewhere (with JAX's coordinator environment variables)."""
+def detected_cluster(environ: Mapping[str, str]) -> str | None:
+  """The kind of multi-process environment JAX can configure itself from, if any."""
+  if environ.get("TPU_WORKER_HOSTNAMES", "").count(","):
+    return "Cloud TPU VM slice"
+  if "SLURM_JOB_ID" in environ:
+    return "SLURM"
+  if "OMPI_COMM_WORLD_SIZE" in environ:
+    return "Open MPI"
+  return None
+
+
+def _int_setting(name: str, value, source: str) -> int:
+  try:
+    number = int(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"{source}={value!r}: {name} must be an integer") from None
+  if number < 0:
+    raise ValueError(f"{source}={value!r}: {name} must be >= 0")
+  return number
+
+
+def plan(environ: Mapping[str, str], coordinator_address: str | None = None,
+         num_processes: int | None = None, process_id: int | None = None) -> dict | None:
+  """The keyword arguments of `jax.distributed.initialize` for this process, or None when the
+  job is a single process. Flags (the arguments) take precedence over the environment.
+
+  Raises ValueError naming the missing or malformed setting when the explicit settings are
+  incomplete and no cluster environment can supply the rest.
+  """
+  given = {"coordinator_address": coordinator_address, "num_processes": num_processes,
+           "process_id": process_id}
+  sources = {name: FLAGS_OF[name] for name, value in given.items() if value is not None}
+  for name, value in given.items():
+    for var in ENV_VARS[name]:
+      if value is None and environ.get(var, "") != "":
+        value, sources[name] = environ[var], var
+    given[name] = value
+  for name in ("num_processes", "process_id"):
+    if given[name] is not None:
+      given[name] = _int_setting(name, given[name], sources[name])
+  if given["num_processes"] is not None and given["num_processes"] < 1:
+    raise ValueError(f"{sources['num_processes']}=0: num_processes must be >= 1")
+  if (given["process_id"] is not None and given["num_processes"] is not None
+      and given["process_id"] >= given["num_processes"]):
+    raise ValueError(f"{sources['process_id']}={given['process_id']} is not below "
+                     f"{sources['num_processes']}={given['num_processes']} (ids count from 0)")
+  cluster = detected_cluster(environ)
+  if any(value is not None for value in given.values()):
+    missing = [name for name, value in given.items() if value is None]
+    if missing and cluster is None:
+      what = ", ".join(f"{FLAGS_OF[n]} (or {ENV_VARS[n][0]})" for n in missing)
+      raise ValueError(f"multi-process setup: {', '.join(sorted(sources.values()))} given "
+                       f"but not {what}; outside SLURM, Open MPI and Cloud TPU VMs all three "
+                       "of the coordinator address, the number of processes and the process "
+                       "id are needed")
+    return given  # None values are left to JAX's cluster detection
+  if cluster is not None or environ.get("PGF_DISTRIBUTED") == "1":
+    return {}
+  return None
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, environ: Mapping[str, str] | None = None) -> None:
+  """Calls `jax.distributed.initialize` with the settings of `plan`; does nothing in a
+  single-process job. Must run before anything else touches JAX's devices."""
   import jax  # pylint: disable=g-import-not-at-top
-  forced = os.environ.get("PGF_DISTRIBUTED") == "1"
-  on_tpu_pod = bool(os.environ.get("TPU_WORKER_HOSTNAMES", "").count(","))
-  cluster = any(k in os.environ for k in ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE"))
-  if not (forced or on_tpu_pod or cluster):
+  environ = os.environ if environ is None else environ
+  kwargs = plan(environ, coordinator_address, num_processes, process_id)
+  if kwargs is None:
     return
-  jax.distributed.initialize()
+  try:
+    jax.distributed.initialize(**kwargs)
+  except ValueError as e:
+    raise ValueError(
+        f"jax.distributed.initialize: {e}. Outside a Cloud TPU VM slice, SLURM or Open MPI, "
+        "pass --coordinator_address=HOST:PORT (process 0's host), --num_processes and "
+        "--process_id, or set PGF_COORDINATOR_ADDRESS, PGF_NUM_PROCESSES and "
+        "PGF_PROCESS_ID") from e
   logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())

@@ -28,6 +28,7 @@ import optax
 
 import pgf
 from pgf import config_lib
+from pgf import multihost
 from pgf import sharding as sharding_lib
 from pgf.checkpointing import Checkpointer
 from pgf.metric_writer import MetricWriter
@@ -291,40 +292,49 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     while step < total_steps:
       batch = task.train_source.train_batch(step)
       local_batch = local_batch or len(batch[task.examples_key])
+      # A SIGTERM reaches one process; all must stop after the same step. Every process votes
+      # its flag before dispatching the step and reads the max after: the read waits for the
+      # previous step only, so the device never idles. A signal arriving after the vote
+      # (during eval, logging, a save) is carried by the next step's vote.
+      stop_vote = multihost.start_max(stop["signal"] is not None)
       state, metrics = train_step(state, sharding_lib.global_batch(batch, batch_sharding))
       pending.append((step, metrics))
       if noise_every and step % noise_every == 0 and is_main:
         writer.write(step + 1, "noise", jax.device_get(metrics["noise"]))
       step += 1
       last = step == total_steps
+      stopping = bool(stop_vote.result()) and not last  # the same on every process
       log_now = step % config.log_every == 0 or last
-      save_now = (step % config.checkpoint_every == 0) or last or stop["signal"] is not None
+      save_now = (step % config.checkpoint_every == 0) or last or stopping
       if log_now or save_now:
         _check_finite(pending, checkpointer)
-      if log_now and is_main:
+      if log_now:
+        # Jitted on global arrays, so every process computes it; only process 0 writes.
+        sparsity = float(sparsity_fn(state["params"], jnp.int32(step - 1)))
         now = time.time()
         rate = (step - step_last) / max(now - t_last, 1e-9)
         t_last, step_last = now, step
         line = _log_line(step, total_steps, pending[-1][1], recipe, rate,
-                         rate * local_batch * process_count,
-                         float(sparsity_fn(state["params"], jnp.int32(step - 1))))
+                         rate * local_batch * process_count, sparsity)
         writer.write(step, "train", line)
-        log.info(_format(line))
-      if log_now:
+        if is_main:
+          log.info(_format(line))
         pending.clear()
       if last or (config.eval_every and step % config.eval_every == 0):
         eval_metrics = evaluate(state)
         writer.write(step, "eval", eval_metrics)
-        log.info("[eval %d/%d] %s", step, total_steps,
-                 " ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
+        if is_main:
+          log.info("[eval %d/%d] %s", step, total_steps,
+                   " ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
         summary.update(eval_metrics)
       if save_now:
         checkpointer.save(step, state)
-      if stop["signal"] is not None and not last:
+      if stopping:
         checkpointer.wait()
         writer.flush()
-        log.warning("Received signal %s: saved a checkpoint at step %d and stopped; rerun "
-                    "the same command to resume.", stop["signal"], step)
+        log.warning("Received signal %s%s: saved a checkpoint at step %d and stopped; rerun "
+                    "the same command to resume.", stop["signal"] or "SIGTERM",
+                    "" if stop["signal"] else " on another process", step)
         summary.update(preempted=True, stopped_at=step)
         return summary
     checkpointer.wait()
@@ -405,24 +415,33 @@ def _format(line) -> str:
 def _init_params_from(source: str, state, abstract_state, tx):
   """Params from another run's newest checkpoint (e.g. dense pre-training); fresh optimizer.
 
-  Only the params are taken, so the source may have used another method or optimizer state.
+  Only the params are read (a partial restore), straight into this mesh's shardings, so the
+  source may have used another method, optimizer, mesh or number of processes.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from pgf.checkpointing import agreed_newest_step  # pylint: disable=g-import-not-at-top
   directory = os.path.join(os.path.abspath(source), "checkpoints")
   steps = []
   if os.path.isdir(directory):
     with ocp.CheckpointManager(directory) as manager:
       steps = sorted(manager.all_steps())
-      restored = manager.restore(steps[-1]) if steps else None
-  if not steps:
+  step = agreed_newest_step(steps)  # every process reads the same step
+  if step is None:
     raise FileNotFoundError(f"config.init_from={source!r}: no checkpoint found under "
                             f"{directory}")
+  target = {"params": abstract_state["params"]}
+  with ocp.CheckpointManager(directory, item_handlers=ocp.PyTreeCheckpointHandler()) as manager:
+    saved = manager.item_metadata(step)
+    saved = getattr(saved, "tree", saved)
+    want = jax.tree.map(lambda a: (tuple(a.shape), np.dtype(a.dtype)), target)
+    got = jax.tree.map(lambda a: (tuple(a.shape), np.dtype(a.dtype)),
+                       {"params": saved.get("params")} if saved else None)
+    if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
+      raise ValueError(f"config.init_from={source!r}: its params do not match this model "
+                       "(different variant or vocabulary?)")
+    restored = manager.restore(step, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True))
   params = restored["params"]
-  want = jax.tree.map(lambda a: (a.shape, a.dtype), abstract_state["params"])
-  got = jax.tree.map(lambda a: (a.shape, a.dtype), params)
-  if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
-    raise ValueError(f"config.init_from={source!r}: its params do not match this model "
-                     "(different variant or vocabulary?)")
-  params = jax.tree.map(jnp.asarray, params)
-  log.info("init_from %s (step %d)", source, steps[-1])
+  log.info("init_from %s (step %d)", source, step)
   return {"step": state["step"], "params": params, "opt_state": tx.init(params)}

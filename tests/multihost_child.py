@@ -1,0 +1,135 @@
+"""One process of a multi-process training job for tests/test_multihost.py.
+
+  PGF_COORDINATOR_ADDRESS=127.0.0.1:PORT PGF_NUM_PROCESSES=2 PGF_PROCESS_ID=0 \
+      JAX_PLATFORMS=cpu JAX_NUM_CPU_DEVICES=4 python tests/multihost_child.py SPEC_JSON
+
+The job is set up exactly as `python -m pgf.main` does it (`pgf.distributed.initialize` from the
+environment, `pgf.main.exit_status` for the exit status); without the coordinator variables it
+is a single process. SPEC_JSON: {"config": "configs/vit_1_16.py:demo", "workdir": ...,
+"overrides": {"a.b": value}} plus optional faults, each firing on the processes listed in
+"fault_processes" (default: all):
+
+  term_at        SIGTERM to this process when the loop fetches the batch of that step
+  kill_at        SIGKILL to this process at that point (no cleanup, like a lost VM)
+  term_in_eval   SIGTERM to this process while the evaluation after that step runs
+  torn_view      this process reads the checkpoint of that step torn (a copy with truncated
+                 data files), as a host with a stale or failing view of the shared directory
+                 does; the other processes read it intact
+
+and "init_params_out": a path where process 0 writes the params that `config.init_from` gave.
+
+On a normal return (finished or preempted) every process prints "SUMMARY {json}" as its last
+line (with "process_index"), process 0 writes the final params, gathered from all processes, to
+WORKDIR/final_params.npz, and the process exits with pgf's exit status.
+"""
+
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def gathered(tree) -> dict:
+  """{leaf path: numpy array} of a pytree sharded over any processes (call on all of them)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from pgf.sparsify import leaf_path  # pylint: disable=g-import-not-at-top
+  if jax.process_count() > 1:
+    tree = multihost_utils.process_allgather(tree, tiled=True)
+  return {leaf_path(kp): np.asarray(x) for kp, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def main():
+  spec = json.loads(sys.argv[1])
+  logging.basicConfig(level=logging.INFO, format="%(relativeCreated)6.0fms %(levelname)s %(message)s")
+  from pgf import distributed  # pylint: disable=g-import-not-at-top
+  distributed.initialize()
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from pgf import config_lib, main as pgf_main, train  # pylint: disable=g-import-not-at-top
+
+  config = config_lib.load(os.path.join(ROOT, spec["config"]))
+  config_lib.apply_overrides(config, spec.get("overrides", {}))
+  faulty = jax.process_index() in spec.get("fault_processes", range(jax.process_count()))
+
+  build_task = train.build_task
+
+  def build_task_with_faults(*args, **kwargs):
+    task = build_task(*args, **kwargs)
+    train_batch, eval_batches = task.train_source.train_batch, task.eval_batches
+
+    def faulty_train_batch(step):
+      if faulty and step == spec.get("kill_at"):
+        os.kill(os.getpid(), signal.SIGKILL)
+      if faulty and step == spec.get("term_at"):
+        os.kill(os.getpid(), signal.SIGTERM)
+      faulty_train_batch.last_step = step
+      return train_batch(step)
+
+    def faulty_eval_batches():
+      # The loop evaluates after step `last_step + 1`; the signal lands mid-evaluation.
+      for i, batch in enumerate(eval_batches()):
+        if faulty and i == 0 and faulty_train_batch.last_step + 1 == spec.get("term_in_eval"):
+          os.kill(os.getpid(), signal.SIGTERM)
+        yield batch
+
+    faulty_train_batch.last_step = -1
+    task.train_source.train_batch = faulty_train_batch
+    task.eval_batches = faulty_eval_batches
+    return task
+
+  train.build_task = build_task_with_faults
+
+  if faulty and spec.get("torn_view") is not None:
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    restore = ocp.CheckpointManager.restore
+
+    def restore_from_torn_view(self, step, *args, **kwargs):
+      if step == spec["torn_view"] and kwargs.get("directory") is None:
+        view = f"{spec['workdir']} torn view of process {jax.process_index()}"
+        shutil.rmtree(view, ignore_errors=True)
+        shutil.copytree(os.path.join(str(self.directory), str(step)), os.path.join(view, str(step)))
+        for root, _, files in os.walk(os.path.join(view, str(step))):
+          for name in files:
+            path = os.path.join(root, name)
+            os.truncate(path, os.path.getsize(path) // 3)
+        kwargs["directory"] = view
+      return restore(self, step, *args, **kwargs)
+
+    ocp.CheckpointManager.restore = restore_from_torn_view
+
+  if spec.get("init_params_out"):
+    init_params_from = train._init_params_from  # pylint: disable=protected-access
+
+    def recording_init_params_from(*args, **kwargs):
+      state = init_params_from(*args, **kwargs)
+      params = gathered(state["params"])
+      if jax.process_index() == 0:
+        np.savez(spec["init_params_out"], **params)
+      return state
+
+    train._init_params_from = recording_init_params_from  # pylint: disable=protected-access
+
+  try:
+    summary = train.train_and_evaluate(config, spec["workdir"])
+  except (ValueError, FileNotFoundError, train.NonFiniteError) as e:
+    print(f"ERROR {type(e).__name__}: {e}", flush=True)
+    sys.exit(pgf_main.EXIT_ERROR)
+  state = summary.pop("state", None)
+  if state is not None:
+    params = gathered(state["params"])
+    if jax.process_index() == 0:
+      np.savez(os.path.join(spec["workdir"], "final_params.npz"), **params)
+  summary["process_index"] = jax.process_index()
+  print("SUMMARY " + json.dumps(summary, default=str), flush=True)
+  sys.exit(pgf_main.exit_status(summary))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,354 @@
+"""Multi-process training: N local processes on 127.0.0.1 train, preempt, resume and fine-tune
+like one.
+
+Each job is N real processes of `tests/multihost_child.py` (`jax.distributed` over a free
+local port, 4 CPU devices per process, gloo collectives), every one in its own process group,
+bounded by a timeout and killed with its group if the job hangs or a process dies while the
+others wait. Both processes write the same workdir, like the hosts of a TPU slice sharing a
+bucket. The references are one process with 8 devices on the same mesh.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from pgf.main import PREEMPTED_EXIT_CODE
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHILD = os.path.join(ROOT, "tests", "multihost_child.py")
+DEVICES = 8  # in total, split evenly over the processes of a job
+JOB_TIMEOUT = 240  # seconds; a hung job is killed (and the test fails) after this
+GRACE = 60  # seconds the other processes get once one has exited
+LOSS_RTOL = 1e-5  # float32: only the reduction order differs between topologies
+TOTAL = 12
+# A 1-block ViT on digits, SDGF-stepwise 1:16 with 3 dense steps, so stage changes (and the
+# fine-tune edge) fall after the preemption and kill points below.
+VIT = {
+    "config": "configs/vit_1_16.py:demo",
+    "overrides": {
+        "model.variant": "Ti/4", "model.width": 32, "model.depth": 1, "model.num_heads": 2,
+        "model.mlp_dim": 64, "batch_size": 32, "total_steps": TOTAL, "log_every": 2,
+        "checkpoint_every": 4, "eval_every": 0, "eval_batch_size": 300, "keep_checkpoints": 3,
+        "optim.warmup_steps": 2, "sparsity.method": "sdgf_stepwise",
+        "sparsity.dense_fraction": 0.25, "sparsity.finetune_fraction": 0.25,
+        "optim.reference_batch": 32, "async_checkpointing": False,
+    },
+}
+MESHES = {"data": {"mesh.data": 8, "mesh.fsdp": 1, "mesh.model": 1},
+          "fsdp_model": {"mesh.data": 1, "mesh.fsdp": 4, "mesh.model": 2}}
+
+
+# ----------------------------------------------------------------------------- the harness
+# A persistent compilation cache shared by the module's jobs: most of them run the same few
+# programs, and compiling them again in every job would dominate the test time.
+CACHE = {"dir": None}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  CACHE["dir"] = str(tmp_path_factory.mktemp("jax_cache"))
+  yield
+  CACHE["dir"] = None
+
+
+def free_port() -> int:
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def process_env(process_id: int, num_processes: int, port: int) -> dict:
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(("PGF_", "JAX_", "XLA_", "SLURM_", "OMPI_", "TPU_"))}
+  env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(DEVICES // num_processes))
+  if CACHE["dir"]:
+    env.update(JAX_COMPILATION_CACHE_DIR=CACHE["dir"], JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  if num_processes > 1:
+    env.update(PGF_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+               JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}",  # not on every interface
+               PGF_NUM_PROCESSES=str(num_processes), PGF_PROCESS_ID=str(process_id))
+  return env
+
+
+class Job:
+  """The exit statuses, outputs and summaries of one job's processes (index = process id)."""
+
+  def __init__(self, returncodes, outputs):
+    self.returncodes = returncodes
+    self.outputs = outputs  # (stdout, stderr) per process
+    self.summaries = []
+    for stdout, _ in outputs:
+      lines = [l for l in stdout.splitlines() if l.startswith("SUMMARY ")]
+      self.summaries.append(json.loads(lines[-1][len("SUMMARY "):]) if lines else None)
+
+  def describe(self) -> str:
+    return "\n".join(f"--- process {i}: rc {rc}\n{out[-2000:]}\n{err[-4000:]}"
+                     for i, (rc, (out, err)) in enumerate(zip(self.returncodes, self.outputs)))
+
+
+def launch(spec: dict, workdir, processes: int, logdir, **faults) -> Job:
+  """Runs one job of `processes` processes to completion; kills every process group if the
+  job runs past JOB_TIMEOUT or others still run GRACE seconds after one exited."""
+  spec = dict(spec, workdir=str(workdir), **faults)
+  port = free_port()
+  os.makedirs(logdir, exist_ok=True)
+  procs, files = [], []
+  for i in range(processes):
+    out = open(os.path.join(logdir, f"{i}.out"), "w+")
+    err = open(os.path.join(logdir, f"{i}.err"), "w+")
+    files.append((out, err))
+    procs.append(subprocess.Popen([sys.executable, CHILD, json.dumps(spec)], cwd=ROOT,
+                                  env=process_env(i, processes, port), stdout=out, stderr=err,
+                                  start_new_session=True))  # own process group
+  deadline = time.monotonic() + JOB_TIMEOUT
+  try:
+    while any(p.poll() is None for p in procs):
+      if any(p.poll() is not None for p in procs):
+        deadline = min(deadline, time.monotonic() + GRACE)
+      if time.monotonic() > deadline:
+        break
+      time.sleep(0.2)
+  finally:
+    hung = [p for p in procs if p.poll() is None]
+    for p in hung:
+      os.killpg(p.pid, signal.SIGKILL)
+    for p in procs:
+      p.wait()
+  outputs = []
+  for out, err in files:
+    out.seek(0)
+    err.seek(0)
+    outputs.append((out.read(), err.read()))
+    out.close()
+    err.close()
+  job = Job([p.returncode for p in procs], outputs)
+  if hung:
+    pytest.fail(f"job hung: processes {[procs.index(p) for p in hung]} killed after the "
+                f"timeout\n{job.describe()}")
+  return job
+
+
+def run(spec, workdir, processes, expect=0, **faults) -> Job:
+  job = launch(spec, workdir, processes, os.path.join(str(workdir) + " logs",
+                                                      str(time.monotonic_ns())), **faults)
+  assert job.returncodes == [expect] * processes, job.describe()
+  return job
+
+
+def with_overrides(spec, **overrides):
+  return dict(spec, overrides=dict(spec["overrides"], **overrides))
+
+
+def vit(mesh: str, **overrides):
+  return with_overrides(VIT, **MESHES[mesh], **overrides)
+
+
+# ----------------------------------------------------------------------------- outputs
+def final_params(workdir) -> dict:
+  with np.load(os.path.join(workdir, "final_params.npz")) as data:
+    return {k: data[k] for k in data.files}
+
+
+def final_masks(params: dict) -> dict:
+  """The N:M masks of the final step, computed on this process's single device."""
+  import pgf  # pylint: disable=import-outside-toplevel
+  from pgf import config_lib  # pylint: disable=import-outside-toplevel
+  from pgf.train import build_recipe  # pylint: disable=import-outside-toplevel
+  config = config_lib.load(os.path.join(ROOT, VIT["config"]))
+  config_lib.apply_overrides(config, VIT["overrides"])
+  recipe = build_recipe(config, TOTAL)
+  tree = {}
+  for path, value in params.items():  # "a/b/c" -> nested dicts, as the model's params
+    *parents, leaf = path.split("/")
+    node = tree
+    for name in parents:
+      node = node.setdefault(name, {})
+    node[leaf] = value
+  masks = pgf.current_masks(tree, recipe, TOTAL - 1)
+  from pgf.sparsify import leaf_path  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  return {leaf_path(kp): np.asarray(m) for kp, m in jax.tree_util.tree_flatten_with_path(masks)[0]}
+
+
+def train_losses(workdir) -> list:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [(l["step"], l["loss"]) for l in map(json.loads, f) if l["kind"] == "train"]
+
+
+def checkpoint_steps(workdir) -> list:
+  return sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
+
+
+def assert_bit_identical(a: dict, b: dict):
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def assert_same_training(workdir, reference):
+  """Same losses (to fp reduction order), same final masks bit for bit."""
+  got, want = train_losses(workdir), train_losses(reference)
+  assert [s for s, _ in got] == [s for s, _ in want]
+  np.testing.assert_allclose([l for _, l in got], [l for _, l in want], rtol=LOSS_RTOL)
+  masks, reference_masks = final_masks(final_params(workdir)), final_masks(final_params(reference))
+  assert masks and masks.keys() == reference_masks.keys()
+  for key in masks:
+    np.testing.assert_array_equal(masks[key], reference_masks[key], err_msg=key)
+
+
+def stopped_steps(job) -> list:
+  return [s["stopped_at"] if s["preempted"] else None for s in job.summaries]
+
+
+# ----------------------------------------------------------------------------- in this process
+def test_plan_from_flags_and_environment():
+  from pgf.distributed import plan  # pylint: disable=import-outside-toplevel
+  assert plan({}) is None  # one process: nothing to initialise
+  explicit = {"coordinator_address": "10.0.0.2:1234", "num_processes": 4, "process_id": 3}
+  assert plan({"PGF_COORDINATOR_ADDRESS": "10.0.0.2:1234", "PGF_NUM_PROCESSES": "4",
+               "PGF_PROCESS_ID": "3"}) == explicit
+  assert plan({"JAX_COORDINATOR_ADDRESS": "10.0.0.2:1234", "JAX_NUM_PROCESSES": "4",
+               "JAX_PROCESS_ID": "3"}) == explicit
+  # Flags win over the environment.
+  assert plan({"PGF_PROCESS_ID": "0"}, "10.0.0.2:1234", 4, 3) == explicit
+  # Clusters JAX detects by itself (or PGF_DISTRIBUTED=1): JAX fills in what is not given.
+  assert plan({"SLURM_JOB_ID": "7"}) == {}
+  assert plan({"TPU_WORKER_HOSTNAMES": "a,b"}) == {}
+  assert plan({"TPU_WORKER_HOSTNAMES": "a"}) is None  # a single-host TPU VM
+  assert plan({"PGF_DISTRIBUTED": "1"}) == {}
+  assert plan({"SLURM_JOB_ID": "7", "PGF_COORDINATOR_ADDRESS": "h:1"}) == {
+      "coordinator_address": "h:1", "num_processes": None, "process_id": None}
+
+
+@pytest.mark.parametrize("environ,flags,fragments", [
+    ({"JAX_COORDINATOR_ADDRESS": "h:1"}, {},
+     ["JAX_COORDINATOR_ADDRESS given but not", "--num_processes (or PGF_NUM_PROCESSES)",
+      "--process_id (or PGF_PROCESS_ID)"]),
+    ({"PGF_NUM_PROCESSES": "two"}, {}, ["PGF_NUM_PROCESSES='two'", "must be an integer"]),
+    ({}, {"coordinator_address": "h:1", "num_processes": 2, "process_id": 2},
+     ["--process_id=2 is not below --num_processes=2"]),
+])
+def test_incomplete_or_bad_settings_name_what_is_missing(environ, flags, fragments):
+  from pgf.distributed import plan  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError) as info:
+    plan(environ, **flags)
+  for fragment in fragments:
+    assert fragment in str(info.value), (fragment, str(info.value))
+
+
+def test_one_process_agrees_with_itself():
+  from pgf import multihost  # pylint: disable=import-outside-toplevel
+  from pgf.checkpointing import agreed_newest_step  # pylint: disable=import-outside-toplevel
+  assert multihost.agree_max(True) == 1 and multihost.agree_min(False) == 0
+  assert multihost.start_max(7).result() == 7
+  assert agreed_newest_step([3, 6, 9]) == 9 and agreed_newest_step([3, 6, 9], below=9) == 6
+  assert agreed_newest_step([3], below=3) is None and agreed_newest_step([]) is None
+
+
+def test_exit_status():
+  from pgf import main  # pylint: disable=import-outside-toplevel
+  assert main.exit_status({"preempted": False}) == main.EXIT_FINISHED == 0
+  assert main.exit_status({"preempted": True}) == PREEMPTED_EXIT_CODE == 75
+
+
+# ----------------------------------------------------------------------------- shared runs
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """Lazily run and remembered jobs: {name: workdir}. Each reference runs once per module."""
+  base = tmp_path_factory.mktemp("multihost")
+  done = {}
+
+  def get(name):
+    if name not in done:
+      mesh, processes = name.rsplit("_", 1)  # "fsdp_model_2p" -> ("fsdp_model", "2p")
+      workdir = base / f"{name} uninterrupted"
+      job = run(vit(mesh), workdir, int(processes[0]))
+      assert all(s["final_step"] == TOTAL for s in job.summaries), job.describe()
+      done[name] = workdir
+    return done[name]
+
+  get.base = base
+  return get
+
+
+# ----------------------------------------------------------------------------- the tests
+@pytest.mark.parametrize("mesh", ["data", "fsdp_model"])
+def test_two_processes_train_like_one(runs, mesh):
+  """2 processes x 4 devices train like 1 process x 8 devices (FSDP x model parallelism used
+  to deadlock: process 0 alone computed the logged sparsity of sharded params). The reference
+  is data-parallel; tests/test_sharding.py shows the meshes agree within one process."""
+  two = runs(f"{mesh}_2p")
+  assert_same_training(two, runs("data_1p"))
+  # Only process 0 writes the logs, once per log step.
+  assert [s for s, _ in train_losses(two)] == list(range(2, TOTAL + 1, 2))
+
+
+def test_sigterm_to_one_process_stops_all_at_the_same_step(runs, tmp_path):
+  workdir = tmp_path / "preempted"
+  job = run(vit("fsdp_model"), workdir, 2, expect=PREEMPTED_EXIT_CODE, term_at=5,
+            fault_processes=[1])
+  # The signal reaches process 1 while it fetches step 5's batch: that step finishes
+  # everywhere and both save it.
+  assert stopped_steps(job) == [6, 6], job.describe()
+  assert 6 in checkpoint_steps(workdir)
+  assert "Received signal 15" in job.outputs[1][1]
+  assert "on another process" in job.outputs[0][1]
+  job = run(vit("fsdp_model"), workdir, 2)
+  assert [s["resumed_from"] for s in job.summaries] == [6, 6]
+  assert_bit_identical(final_params(workdir), final_params(runs("fsdp_model_2p")))
+
+
+def test_sigterm_during_eval_saves_the_reported_step(runs, tmp_path):
+  """One process: a signal that lands while evaluating is not lost; the run stops with a
+  checkpoint at the step it reports and the preemption exit status."""
+  workdir = tmp_path / "preempted in eval"
+  job = run(vit("data", eval_every=6), workdir, 1, expect=PREEMPTED_EXIT_CODE, term_in_eval=6)
+  stopped = job.summaries[0]["stopped_at"]
+  assert stopped == 7, job.describe()  # the step after the evaluation
+  assert stopped in checkpoint_steps(workdir)
+  job = run(vit("data"), workdir, 1)
+  assert job.summaries[0]["resumed_from"] == stopped
+  assert_bit_identical(final_params(workdir), final_params(runs("data_1p")))
+
+
+def test_sigkill_of_both_processes_resumes_in_one(runs, tmp_path):
+  workdir = tmp_path / "killed"
+  run(vit("fsdp_model"), workdir, 2, expect=-signal.SIGKILL, kill_at=7)
+  assert checkpoint_steps(workdir) == [4]
+  job = run(vit("data"), workdir, 1)  # 8 devices in one process, another mesh
+  assert job.summaries[0]["resumed_from"] == 4 and job.summaries[0]["final_step"] == TOTAL
+  assert_same_training(workdir, runs("fsdp_model_2p"))
+
+
+def test_init_from_a_two_process_run_in_one_process(runs, tmp_path):
+  source = runs("fsdp_model_2p")
+  init_params = tmp_path / "init_params.npz"
+  workdir = tmp_path / "fine-tune"
+  spec = vit("data", init_from=str(source))  # the reference's program: compiled already
+  run(spec, workdir, 1, init_params_out=str(init_params))
+  with np.load(init_params) as data:
+    assert_bit_identical({k: data[k] for k in data.files}, final_params(source))
+
+
+def test_checkpoint_torn_on_one_host_only(runs, tmp_path):
+  """Process 1 reads the newest step torn; process 0 reads it intact and alone would resume
+  from it. Both must fall back to the same older step, and it is moved aside once."""
+  workdir = tmp_path / "torn on one host"
+  shutil.copytree(runs("fsdp_model_2p"), workdir)
+  os.remove(workdir / "final_params.npz")
+  assert checkpoint_steps(workdir) == [4, 8, 12]
+  job = run(vit("fsdp_model"), workdir, 2, torn_view=12, fault_processes=[1])
+  assert [s["resumed_from"] for s in job.summaries] == [8, 8], job.describe()
+  assert "could not be restored (ValueError" in job.outputs[1][1]  # its own read failed
+  assert "did not restore on another process" in job.outputs[0][1]
+  assert os.listdir(workdir / "checkpoints_corrupt") == ["12"]  # moved once, by process 0
+  assert checkpoint_steps(workdir) == [4, 8, 12]  # and saved again
+  assert_bit_identical(final_params(workdir), final_params(runs("fsdp_model_2p")))
