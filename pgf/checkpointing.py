@@ -21,10 +21,13 @@ import shutil
 from typing import Any
 
 import orbax.checkpoint as ocp
+from etils import epath  # orbax's path type
 
 from pgf import multihost
 
 log = logging.getLogger(__name__)
+
+ITEM = "default"  # the CheckpointManager's item directory of a single-item save
 
 
 class Checkpointer:
@@ -68,13 +71,27 @@ class Checkpointer:
         return None, None
       state, error = None, None
       try:
-        state = self.manager.restore(step, args=ocp.args.StandardRestore(target))
+        state = self._restore_here(step, target)
       except Exception as e:  # pylint: disable=broad-except  (orbax raises many types)
         error = e
-      if multihost.agree_min(error is None):
+      if multihost.agree_min(error is None):  # doubles as the barrier after a restore
         return state, step
       self._move_aside(step, error)
       below = step
+
+  def _restore_here(self, step: int, target: Any) -> Any:
+    """This process's shards of `step`, read by orbax's handler directly.
+
+    `CheckpointManager.restore` ends in a barrier across processes; a process whose read
+    fails skips it, and the others would wait there forever. Reading through the handler has
+    no barrier, and `restore_latest`'s agreement on the outcome takes its place.
+    """
+    handler = ocp.StandardCheckpointHandler()
+    try:
+      return handler.restore(epath.Path(self.directory) / str(step) / ITEM,
+                             args=ocp.args.StandardRestore(target))
+    finally:
+      handler.close()
 
   def _move_aside(self, step: int, error: Exception | None) -> None:
     """Moves `step` to the corrupt directory (process 0, once); every process waits for it."""

@@ -23,6 +23,7 @@ line (with "process_index"), process 0 writes the final params, gathered from al
 WORKDIR/final_params.npz, and the process exits with pgf's exit status.
 """
 
+import faulthandler
 import json
 import logging
 import os
@@ -47,6 +48,7 @@ def gathered(tree) -> dict:
 
 def main():
   spec = json.loads(sys.argv[1])
+  faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints where a hung process is
   logging.basicConfig(level=logging.INFO, format="%(relativeCreated)6.0fms %(levelname)s %(message)s")
   from pgf import distributed  # pylint: disable=g-import-not-at-top
   distributed.initialize()
@@ -88,21 +90,23 @@ def main():
 
   if faulty and spec.get("torn_view") is not None:
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-    restore = ocp.CheckpointManager.restore
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    restore = ocp.StandardCheckpointHandler.restore
+    step_dir = os.path.join(os.path.abspath(spec["workdir"]), "checkpoints", str(spec["torn_view"]))
 
-    def restore_from_torn_view(self, step, *args, **kwargs):
-      if step == spec["torn_view"] and kwargs.get("directory") is None:
+    def restore_from_torn_view(self, directory, *args, **kwargs):
+      if os.path.dirname(str(directory)) == step_dir:  # <step>/<item>
         view = f"{spec['workdir']} torn view of process {jax.process_index()}"
         shutil.rmtree(view, ignore_errors=True)
-        shutil.copytree(os.path.join(str(self.directory), str(step)), os.path.join(view, str(step)))
-        for root, _, files in os.walk(os.path.join(view, str(step))):
+        shutil.copytree(step_dir, view)
+        for root, _, files in os.walk(view):
           for name in files:
             path = os.path.join(root, name)
             os.truncate(path, os.path.getsize(path) // 3)
-        kwargs["directory"] = view
-      return restore(self, step, *args, **kwargs)
+        directory = epath.Path(view) / os.path.basename(str(directory))
+      return restore(self, directory, *args, **kwargs)
 
-    ocp.CheckpointManager.restore = restore_from_torn_view
+    ocp.StandardCheckpointHandler.restore = restore_from_torn_view
 
   if spec.get("init_params_out"):
     init_params_from = train._init_params_from  # pylint: disable=protected-access
