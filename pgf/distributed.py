@@ -7,7 +7,7 @@
     `--num_processes`, `--process_id` or else the environment variables
     `PGF_COORDINATOR_ADDRESS`, `PGF_NUM_PROCESSES`, `PGF_PROCESS_ID` (`JAX_COORDINATOR_ADDRESS`,
     `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID` are read too);
-  * automatically on a multi-host Cloud TPU VM slice, under SLURM or Open MPI, or wherever
+  * automatically on a multi-host Cloud TPU VM slice, in a SLURM `srun` task, under Open MPI, or wherever
     `PGF_DISTRIBUTED=1` is set: JAX detects the three values itself.
 
 Otherwise the run is one process and nothing is called. On CPU, cross-process collectives use
@@ -34,7 +34,7 @@ def detected_cluster(environ: Mapping[str, str]) -> str | None:
   """The kind of multi-process environment JAX can configure itself from, if any."""
   if environ.get("TPU_WORKER_HOSTNAMES", "").count(","):
     return "Cloud TPU VM slice"
-  if "SLURM_JOB_ID" in environ:
+  if "SLURM_JOB_ID" in environ and "SLURM_STEP_NODELIST" in environ:  # a task of `srun`
     return "SLURM"
   if "OMPI_COMM_WORLD_SIZE" in environ:
     return "Open MPI"
@@ -104,7 +104,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     jax.distributed.initialize(**kwargs)
   except ValueError as e:
     raise ValueError(
-        f"jax.distributed.initialize: {e}. Outside a Cloud TPU VM slice, SLURM or Open MPI, "
+        f"jax.distributed.initialize: {str(e).rstrip('.')}. Outside a Cloud TPU VM slice, SLURM or Open MPI, "
         "pass --coordinator_address=HOST:PORT (process 0's host), --num_processes and "
         "--process_id, or set PGF_COORDINATOR_ADDRESS, PGF_NUM_PROCESSES and "
         "PGF_PROCESS_ID") from e

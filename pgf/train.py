@@ -146,7 +146,25 @@ def preflight(config, process_index: int = 0, process_count: int = 1):
 
 # ----------------------------------------------------------------------------- the loop
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
-  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the summary."""
+  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the summary.
+
+  A SIGTERM (preemption notice) stops the run after the next step, with a checkpoint there,
+  and `summary["preempted"]` set. It is caught from the start: while compiling or restoring
+  too, where, in a multi-process job, JAX's own handler would otherwise swallow it.
+  """
+  stop = {"signal": None}
+
+  def on_sigterm(signum, _frame):
+    stop["signal"] = signum
+
+  previous_handler = _install(signal.SIGTERM, on_sigterm)
+  try:
+    return _train_and_evaluate(config, workdir, stop)
+  finally:
+    _install(signal.SIGTERM, previous_handler)
+
+
+def _train_and_evaluate(config, workdir: str, stop: dict[str, Any]) -> dict[str, Any]:
   if "://" in workdir:  # os.path would turn gs://b/run into a local ./gs:/b/run
     raise ValueError(f"--workdir={workdir!r}: pgf reads and writes the workdir as a local path; "
                      "mount the bucket with Cloud Storage FUSE on every host and pass the mount "
@@ -275,12 +293,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           out[f"{kind}_{key}"] = float(value)
     return out
 
-  stop = {"signal": None}
-
-  def on_sigterm(signum, _frame):
-    stop["signal"] = signum
-
-  previous_handler = _install(signal.SIGTERM, on_sigterm)
   pending: list[tuple[int, dict]] = []
   summary: dict[str, Any] = {"workdir": workdir, "total_steps": total_steps,
                              "resumed_from": resumed_from, "method": recipe.method}
@@ -339,7 +351,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         return summary
     checkpointer.wait()
   finally:
-    _install(signal.SIGTERM, previous_handler)
     checkpointer.close()
     writer.flush()
     writer.close()
@@ -365,6 +376,8 @@ def _match_summary(params, recipe) -> str:
 
 
 def _install(signum, handler):
+  if handler is None:  # the previous handler was not installed from Python: leave it
+    return None
   try:
     return signal.signal(signum, handler)
   except ValueError:  # not in the main thread: preemption handling is the caller's job

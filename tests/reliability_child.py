@@ -10,8 +10,9 @@ batch of that step, i.e. after every earlier step ran:
   term_at   SIGTERM to this process (what a preemption notice sends)
   nan_at    the batch's float inputs become NaN (a divergence at that step)
 
-On a normal exit the final params are written to WORKDIR/final_params.npz and the summary
-(without the state) to stdout as the last line, prefixed "SUMMARY ".
+On a normal return the final params are written to WORKDIR/final_params.npz, the summary
+(without the state) to stdout as the last line, prefixed "SUMMARY ", and the process exits with
+pgf's exit status (`pgf.main.exit_status`: 0 finished, 75 preempted).
 """
 
 import json
@@ -27,7 +28,7 @@ def main():
   spec = json.loads(sys.argv[1])
   import numpy as np  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from pgf import config_lib, train  # pylint: disable=g-import-not-at-top
+  from pgf import config_lib, main as pgf_main, train  # pylint: disable=g-import-not-at-top
 
   config = config_lib.load(os.path.join(ROOT, spec["config"]))
   config_lib.apply_overrides(config, spec.get("overrides", {}))
@@ -64,6 +65,7 @@ def main():
             for k, v in jax.tree_util.tree_flatten_with_path(state["params"])[0]}
     np.savez(os.path.join(spec["workdir"], "final_params.npz"), **flat)
   print("SUMMARY " + json.dumps(summary, default=str), flush=True)
+  sys.exit(pgf_main.exit_status(summary))
 
 
 if __name__ == "__main__":

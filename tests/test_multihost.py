@@ -220,11 +220,13 @@ def test_plan_from_flags_and_environment():
   # Flags win over the environment.
   assert plan({"PGF_PROCESS_ID": "0"}, "10.0.0.2:1234", 4, 3) == explicit
   # Clusters JAX detects by itself (or PGF_DISTRIBUTED=1): JAX fills in what is not given.
-  assert plan({"SLURM_JOB_ID": "7"}) == {}
+  slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[1-4]"}  # inside srun
+  assert plan(slurm) == {}
+  assert plan({"SLURM_JOB_ID": "7"}) is None  # the batch script itself, outside srun
   assert plan({"TPU_WORKER_HOSTNAMES": "a,b"}) == {}
   assert plan({"TPU_WORKER_HOSTNAMES": "a"}) is None  # a single-host TPU VM
   assert plan({"PGF_DISTRIBUTED": "1"}) == {}
-  assert plan({"SLURM_JOB_ID": "7", "PGF_COORDINATOR_ADDRESS": "h:1"}) == {
+  assert plan(dict(slurm, PGF_COORDINATOR_ADDRESS="h:1")) == {
       "coordinator_address": "h:1", "num_processes": None, "process_id": None}
 
 
@@ -328,8 +330,10 @@ def test_sigkill_of_both_processes_resumes_in_one(runs, tmp_path):
   assert_same_training(workdir, runs("fsdp_model_2p"))
 
 
-def test_init_from_a_two_process_run_in_one_process(runs, tmp_path):
-  source = runs("fsdp_model_2p")
+@pytest.mark.parametrize("mesh", ["data", "fsdp_model"])
+def test_init_from_a_two_process_run_in_one_process(runs, tmp_path, mesh):
+  """Fine-tuning in 1 process from a 2-process pre-training (replicated or sharded params)."""
+  source = runs(f"{mesh}_2p")
   init_params = tmp_path / "init_params.npz"
   workdir = tmp_path / "fine-tune"
   spec = vit("data", init_from=str(source))  # the reference's program: compiled already

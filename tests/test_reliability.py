@@ -99,11 +99,13 @@ def test_sigkill_then_rerun_is_bit_identical(uninterrupted, tmp_path):
   assert steps == list(range(5, TOTAL + 1, 5))
 
 
-def test_sigterm_saves_the_current_step_and_exits_zero(uninterrupted, tmp_path):
+def test_sigterm_saves_the_current_step_and_exits_with_the_preemption_status(uninterrupted,
+                                                                            tmp_path):
+  from pgf.main import PREEMPTED_EXIT_CODE  # pylint: disable=import-outside-toplevel
   workdir = tmp_path / "preempted run"
-  result, summary = run_child(workdir, term_at=22)
+  result, summary = run_child(workdir, expect_rc=PREEMPTED_EXIT_CODE, term_at=22)
   # The signal arrives while step 22 is being fetched; that step finishes, is saved, and the
-  # process exits cleanly.
+  # process exits with the status that tells a scheduler to run it again.
   assert summary["preempted"] is True and summary["stopped_at"] == 23
   assert 23 in checkpoint_steps(workdir)
   assert "Received signal" in result.stderr
