@@ -13,8 +13,8 @@ is a single process. SPEC_JSON: {"config": "configs/vit_1_16.py:demo", "workdir"
   kill_at        SIGKILL to this process at that point (no cleanup, like a lost VM)
   term_in_eval   SIGTERM to this process while the evaluation after that step runs
   torn_view      this process reads the checkpoint of that step torn (a copy with truncated
-                 data files), as a host with a stale or failing view of the shared directory
-                 does; the other processes read it intact
+                 files), as a host with a stale or failing view of the shared directory does,
+                 after the other processes have read it intact
 
 and "init_params_out": a path where process 0 writes the params that `config.init_from` gave.
 
@@ -30,6 +30,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -88,25 +89,38 @@ def main():
 
   train.build_task = build_task_with_faults
 
-  if faulty and spec.get("torn_view") is not None:
+  if spec.get("torn_view") is not None:
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
     from etils import epath  # pylint: disable=g-import-not-at-top
     restore = ocp.StandardCheckpointHandler.restore
     step_dir = os.path.join(os.path.abspath(spec["workdir"]), "checkpoints", str(spec["torn_view"]))
+    marker = lambda process: f"{spec['workdir']} step read by process {process}"
 
-    def restore_from_torn_view(self, directory, *args, **kwargs):
-      if os.path.dirname(str(directory)) == step_dir:  # <step>/<item>
-        view = f"{spec['workdir']} torn view of process {jax.process_index()}"
-        shutil.rmtree(view, ignore_errors=True)
-        shutil.copytree(step_dir, view)
-        for root, _, files in os.walk(view):
-          for name in files:
-            path = os.path.join(root, name)
-            os.truncate(path, os.path.getsize(path) // 3)
-        directory = epath.Path(view) / os.path.basename(str(directory))
-      return restore(self, directory, *args, **kwargs)
+    def restore_with_torn_view(self, directory, *args, **kwargs):
+      if os.path.dirname(str(directory)) != step_dir:  # not <torn step>/<item>
+        return restore(self, directory, *args, **kwargs)
+      if not faulty:
+        restored = restore(self, directory, *args, **kwargs)
+        open(marker(jax.process_index()), "w").close()
+        return restored
+      # The torn read fails only once the others have read the step intact, as a slow failing
+      # read does; failing first, this process could move the step aside before they look.
+      others = [p for p in range(jax.process_count())
+                if p not in spec.get("fault_processes", range(jax.process_count()))]
+      for _ in range(600):
+        if all(os.path.exists(marker(p)) for p in others):
+          break
+        time.sleep(0.1)
+      view = f"{spec['workdir']} torn view of process {jax.process_index()}"
+      shutil.rmtree(view, ignore_errors=True)
+      shutil.copytree(step_dir, view)
+      for root, _, files in os.walk(view):
+        for name in files:
+          path = os.path.join(root, name)
+          os.truncate(path, os.path.getsize(path) // 3)
+      return restore(self, epath.Path(view) / os.path.basename(str(directory)), *args, **kwargs)
 
-    ocp.StandardCheckpointHandler.restore = restore_from_torn_view
+    ocp.StandardCheckpointHandler.restore = restore_with_torn_view
 
   if spec.get("init_params_out"):
     init_params_from = train._init_params_from  # pylint: disable=protected-access

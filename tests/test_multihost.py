@@ -295,7 +295,7 @@ def test_two_processes_train_like_one(runs, mesh):
 
 def test_sigterm_to_one_process_stops_all_at_the_same_step(runs, tmp_path):
   workdir = tmp_path / "preempted"
-  job = run(vit("fsdp_model"), workdir, 2, expect=PREEMPTED_EXIT_CODE, term_at=5,
+  job = run(vit("data"), workdir, 2, expect=PREEMPTED_EXIT_CODE, term_at=5,
             fault_processes=[1])
   # The signal reaches process 1 while it fetches step 5's batch: that step finishes
   # everywhere and both save it.
@@ -303,9 +303,9 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step(runs, tmp_path):
   assert 6 in checkpoint_steps(workdir)
   assert "Received signal 15" in job.outputs[1][1]
   assert "on another process" in job.outputs[0][1]
-  job = run(vit("fsdp_model"), workdir, 2)
+  job = run(vit("data"), workdir, 2)
   assert [s["resumed_from"] for s in job.summaries] == [6, 6]
-  assert_bit_identical(final_params(workdir), final_params(runs("fsdp_model_2p")))
+  assert_bit_identical(final_params(workdir), final_params(runs("data_2p")))
 
 
 def test_sigterm_during_eval_saves_the_reported_step(runs, tmp_path):
@@ -314,8 +314,8 @@ def test_sigterm_during_eval_saves_the_reported_step(runs, tmp_path):
   workdir = tmp_path / "preempted in eval"
   job = run(vit("data", eval_every=6), workdir, 1, expect=PREEMPTED_EXIT_CODE, term_in_eval=6)
   stopped = job.summaries[0]["stopped_at"]
-  assert stopped == 7, job.describe()  # the step after the evaluation
-  assert stopped in checkpoint_steps(workdir)
+  assert stopped in checkpoint_steps(workdir), job.describe()
+  assert stopped == 7  # the step after the evaluation
   job = run(vit("data"), workdir, 1)
   assert job.summaries[0]["resumed_from"] == stopped
   assert_bit_identical(final_params(workdir), final_params(runs("data_1p")))
@@ -346,14 +346,14 @@ def test_checkpoint_torn_on_one_host_only(runs, tmp_path):
   """Process 1 reads the newest step torn; process 0 reads it intact and alone would resume
   from it. Both must fall back to the same older step, and it is moved aside once."""
   workdir = tmp_path / "torn on one host"
-  shutil.copytree(runs("fsdp_model_2p"), workdir)
+  shutil.copytree(runs("data_2p"), workdir)
   os.remove(workdir / "final_params.npz")
   assert checkpoint_steps(workdir) == [4, 8, 12]
-  job = run(vit("fsdp_model"), workdir, 2, torn_view=12, fault_processes=[1])
+  job = run(vit("data"), workdir, 2, torn_view=12, fault_processes=[1])
   assert [s["resumed_from"] for s in job.summaries] == [8, 8], job.describe()
   assert "could not be restored (" in job.outputs[1][1]  # its own read failed
   assert "process 0 moves it aside" in job.outputs[1][1]
   assert "did not restore on another process" in job.outputs[0][1]
   assert os.listdir(workdir / "checkpoints_corrupt") == ["12"]  # moved once, by process 0
   assert checkpoint_steps(workdir) == [4, 8, 12]  # and saved again
-  assert_bit_identical(final_params(workdir), final_params(runs("fsdp_model_2p")))
+  assert_bit_identical(final_params(workdir), final_params(runs("data_2p")))
