@@ -94,11 +94,3 @@ def barrier(name: str) -> None:
   changed shared files that the others are about to read)."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
-
-
-def gather_to_host(tree):
-  """A pytree of (possibly sharded across processes) jax.Arrays as full numpy arrays on every
-  process; every process must call it."""
-  if jax.process_count() == 1:
-    return jax.device_get(tree)
-  return multihost_utils.process_allgather(tree, tiled=True)

@@ -429,32 +429,54 @@ def _init_params_from(source: str, state, abstract_state, tx):
   """Params from another run's newest checkpoint (e.g. dense pre-training); fresh optimizer.
 
   Only the params are read (a partial restore), straight into this mesh's shardings, so the
-  source may have used another method, optimizer, mesh or number of processes.
+  source may have used another method, optimizer, mesh or number of processes. Every process
+  reads the same step, and all of them fail together if any one cannot read it.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from pgf.checkpointing import agreed_newest_step  # pylint: disable=g-import-not-at-top
+  from pgf import checkpointing  # pylint: disable=g-import-not-at-top
   directory = os.path.join(os.path.abspath(source), "checkpoints")
   steps = []
   if os.path.isdir(directory):
     with ocp.CheckpointManager(directory) as manager:
       steps = sorted(manager.all_steps())
-  step = agreed_newest_step(steps)  # every process reads the same step
+  step = checkpointing.agreed_newest_step(steps)
   if step is None:
     raise FileNotFoundError(f"config.init_from={source!r}: no checkpoint found under "
                             f"{directory}")
-  target = {"params": abstract_state["params"]}
-  with ocp.CheckpointManager(directory, item_handlers=ocp.PyTreeCheckpointHandler()) as manager:
-    saved = manager.item_metadata(step)
+  params, error = None, None
+  try:
+    params = _read_params(os.path.join(directory, str(step), checkpointing.ITEM),
+                          abstract_state["params"], source)
+  except Exception as e:  # pylint: disable=broad-except  (orbax raises many types)
+    error = e
+  if not multihost.agree_min(error is None):  # all raise; none waits for the others
+    if isinstance(error, ValueError):
+      raise error
+    raise ValueError(f"config.init_from={source!r}: step {step} could not be read "
+                     + (f"({type(error).__name__}: {error})" if error is not None
+                        else "on another process")) from error
+  log.info("init_from %s (step %d)", source, step)
+  return {"step": state["step"], "params": params, "opt_state": tx.init(params)}
+
+
+def _read_params(item_directory: str, abstract_params, source: str):
+  """The "params" subtree of a saved train state, laid out as `abstract_params` (shapes,
+  dtypes and shardings); ValueError if the saved params do not fit them."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    saved = handler.metadata(epath.Path(item_directory))
     saved = getattr(saved, "tree", saved)
-    want = jax.tree.map(lambda a: (tuple(a.shape), np.dtype(a.dtype)), target)
-    got = jax.tree.map(lambda a: (tuple(a.shape), np.dtype(a.dtype)),
-                       {"params": saved.get("params")} if saved else None)
+    spec = lambda a: (tuple(a.shape), np.dtype(a.dtype))
+    want = jax.tree.map(spec, abstract_params)
+    got = jax.tree.map(spec, saved.get("params"))
     if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
       raise ValueError(f"config.init_from={source!r}: its params do not match this model "
                        "(different variant or vocabulary?)")
-    restored = manager.restore(step, args=ocp.args.PyTreeRestore(
+    target = {"params": abstract_params}
+    return handler.restore(epath.Path(item_directory), args=ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True))
-  params = restored["params"]
-  log.info("init_from %s (step %d)", source, step)
-  return {"step": state["step"], "params": params, "opt_state": tx.init(params)}
+        partial_restore=True))["params"]
+  finally:
+    handler.close()

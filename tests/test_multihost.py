@@ -255,6 +255,31 @@ def test_one_process_agrees_with_itself():
   assert agreed_newest_step([3], below=3) is None and agreed_newest_step([]) is None
 
 
+def test_init_from_reads_only_the_params_and_checks_they_fit(tmp_path):
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  from pgf.checkpointing import Checkpointer  # pylint: disable=import-outside-toplevel
+  from pgf.train import _init_params_from  # pylint: disable=import-outside-toplevel
+  source = tmp_path / "pre-training"
+  checkpointer = Checkpointer(str(source), async_save=False)
+  # The source's optimizer state has nothing in common with the fine-tune's.
+  checkpointer.save(3, {"step": jnp.int32(3), "params": {"w": jnp.arange(8.0).reshape(4, 2)},
+                        "opt_state": {"momentum": jnp.ones(7)}})
+  checkpointer.close()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = lambda shape: {"params": {"w": jax.ShapeDtypeStruct(shape, jnp.float32,
+                                                                  sharding=device)}}
+  state = {"step": jnp.int32(0)}
+  loaded = _init_params_from(str(source), state, abstract((4, 2)), optax.sgd(0.1, momentum=0.9))
+  np.testing.assert_array_equal(loaded["params"]["w"], np.arange(8.0).reshape(4, 2))
+  assert int(loaded["step"]) == 0 and loaded["params"]["w"].sharding == device
+  with pytest.raises(ValueError, match="its params do not match this model"):
+    _init_params_from(str(source), state, abstract((4, 3)), optax.sgd(0.1))
+  with pytest.raises(FileNotFoundError, match="no checkpoint found"):
+    _init_params_from(str(tmp_path / "nothing here"), state, abstract((4, 2)), optax.sgd(0.1))
+
+
 def test_exit_status():
   from pgf import main  # pylint: disable=import-outside-toplevel
   assert main.exit_status({"preempted": False}) == main.EXIT_FINISHED == 0
