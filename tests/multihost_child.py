@@ -10,6 +10,7 @@ is a single process. SPEC_JSON: {"config": "configs/vit_1_16.py:demo", "workdir"
 "fault_processes" (default: all):
 
   term_at        SIGTERM to this process when the loop fetches the batch of that step
+  term_at_start  SIGTERM to this process before anything is compiled or restored
   kill_at        SIGKILL to this process at that point (no cleanup, like a lost VM)
   term_in_eval   SIGTERM to this process while the evaluation after that step runs
   torn_view      this process reads the checkpoint of that step torn (a copy with truncated
@@ -65,6 +66,8 @@ def main():
 
   def build_task_with_faults(*args, **kwargs):
     task = build_task(*args, **kwargs)
+    if faulty and spec.get("term_at_start"):
+      os.kill(os.getpid(), signal.SIGTERM)
     train_batch, eval_batches = task.train_source.train_batch, task.eval_batches
 
     def faulty_train_batch(step):

@@ -346,6 +346,13 @@ def test_sigterm_during_eval_saves_the_reported_step(runs, tmp_path):
   assert_bit_identical(final_params(workdir), final_params(runs("data_1p")))
 
 
+def test_sigterm_while_starting_is_not_lost(tmp_path):
+  """A signal before the loop (compiling, restoring) stops the run after its first step."""
+  workdir = tmp_path / "preempted while starting"
+  job = run(vit("data"), workdir, 1, expect=PREEMPTED_EXIT_CODE, term_at_start=True)
+  assert job.summaries[0]["stopped_at"] == 1 and checkpoint_steps(workdir) == [1]
+
+
 def test_sigkill_of_both_processes_resumes_in_one(runs, tmp_path):
   workdir = tmp_path / "killed"
   run(vit("fsdp_model"), workdir, 2, expect=-signal.SIGKILL, kill_at=7)
