@@ -7,8 +7,8 @@
     `--num_processes`, `--process_id` or else the environment variables
     `PGF_COORDINATOR_ADDRESS`, `PGF_NUM_PROCESSES`, `PGF_PROCESS_ID` (`JAX_COORDINATOR_ADDRESS`,
     `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID` are read too);
-  * automatically on a multi-host Cloud TPU VM slice, in a SLURM `srun` task, under Open MPI, or wherever
-    `PGF_DISTRIBUTED=1` is set: JAX detects the three values itself.
+  * automatically on a multi-host Cloud TPU VM slice, in a SLURM `srun` task, under Open MPI,
+    or wherever `PGF_DISTRIBUTED=1` is set: JAX detects the three values itself.
 
 Otherwise the run is one process and nothing is called. On CPU, cross-process collectives use
 gloo (JAX's default), so the same code runs as several local processes for testing.
@@ -104,8 +104,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     jax.distributed.initialize(**kwargs)
   except ValueError as e:
     raise ValueError(
-        f"jax.distributed.initialize: {str(e).rstrip('.')}. Outside a Cloud TPU VM slice, SLURM or Open MPI, "
-        "pass --coordinator_address=HOST:PORT (process 0's host), --num_processes and "
-        "--process_id, or set PGF_COORDINATOR_ADDRESS, PGF_NUM_PROCESSES and "
-        "PGF_PROCESS_ID") from e
+        f"jax.distributed.initialize: {str(e).rstrip('.')}. Outside a Cloud TPU VM slice, "
+        "SLURM or Open MPI, pass --coordinator_address=HOST:PORT (process 0's host), "
+        "--num_processes and --process_id, or set PGF_COORDINATOR_ADDRESS, PGF_NUM_PROCESSES "
+        "and PGF_PROCESS_ID") from e
   logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())

@@ -51,7 +51,8 @@ def gathered(tree) -> dict:
 def main():
   spec = json.loads(sys.argv[1])
   faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints where a hung process is
-  logging.basicConfig(level=logging.INFO, format="%(relativeCreated)6.0fms %(levelname)s %(message)s")
+  logging.basicConfig(level=logging.INFO,
+                      format="%(relativeCreated)6.0fms %(levelname)s %(message)s")
   from pgf import distributed  # pylint: disable=g-import-not-at-top
   distributed.initialize()
   import jax  # pylint: disable=g-import-not-at-top

@@ -70,7 +70,8 @@ def process_env(process_id: int, num_processes: int, port: int) -> dict:
          if not k.startswith(("PGF_", "JAX_", "XLA_", "SLURM_", "OMPI_", "TPU_"))}
   env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(DEVICES // num_processes))
   if CACHE["dir"]:
-    env.update(JAX_COMPILATION_CACHE_DIR=CACHE["dir"], JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env.update(JAX_COMPILATION_CACHE_DIR=CACHE["dir"],
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   if num_processes > 1:
     env.update(PGF_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}",  # not on every interface
