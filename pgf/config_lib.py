@@ -81,10 +81,11 @@ def vit_rules(ff: str | None, qk: str | None = None, qkv: str | None = None):
   rules = []
   if ff:
     rules.append((VIT_FF, ff))
+  # Q/K/V kernels are (width, heads, head_dim): grouped along the input features, axis 0.
   if qkv:
-    rules.append((VIT_QKV, qkv))
+    rules.append((VIT_QKV, qkv, 0))
   elif qk:
-    rules.append((VIT_QK, qk))
+    rules.append((VIT_QK, qk, 0))
   return tuple(rules)
 
 

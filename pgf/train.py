@@ -89,17 +89,17 @@ def build_optimizer(config, recipe: pgf.Recipe, total_steps: int, warmup_steps: 
     raise ValueError(f"config.optim.schedule={config.optim.schedule!r}: 'cosine' or 'constant'")
   # Weight decay on matrices only (not biases, norms, position embeddings' 1-d leaves).
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-  parts = [pgf.gradient_flow(recipe)]
+  parts = []
   if config.optim.get("grad_clip"):
     parts.append(optax.clip_by_global_norm(config.optim.grad_clip))
   parts.append(optax.adamw(schedule, b1=config.optim.b1, b2=config.optim.b2,
                            weight_decay=config.optim.weight_decay, mask=decay_mask))
-  return optax.chain(*parts), schedule
+  return pgf.optimizer(recipe, *parts), schedule
 
 
-def matched_sparsity(params, recipe: pgf.Recipe, step):
+def matched_sparsity(params, recipe: pgf.Recipe, step, masks=None):
   """Fraction of exact zeros among the sparsified weights (what the model really sees)."""
-  effective = pgf.sparsify(params, recipe, step)
+  effective = pgf.sparsify(params, recipe, step, masks)
   matched = pgf.match_leaves(params, recipe)
   zeros, total = 0.0, 0
   for key_path, leaf in jax.tree_util.tree_flatten_with_path(effective)[0]:
@@ -244,16 +244,17 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                                out_shardings=replicated)
   effective_fn = sharding_lib.jit(lambda params, opt_state, step: pgf.sparsify(
       params, recipe, step, masks=_masks(opt_state, recipe)), mesh, out_shardings=param_shardings)
-  finalize_fn = sharding_lib.jit(lambda params: pgf.finalize(params, recipe), mesh,
-                                 out_shardings=param_shardings)
-  sparsity_fn = sharding_lib.jit(lambda params, step: matched_sparsity(params, recipe, step),
-                                 mesh, out_shardings=replicated)
+  # Deployed = the masks the forward pass used (stored ones when mask_update_every > 1).
+  finalize_fn = sharding_lib.jit(lambda params, opt_state: pgf.finalize(
+      params, recipe, masks=_masks(opt_state, recipe)), mesh, out_shardings=param_shardings)
+  sparsity_fn = sharding_lib.jit(lambda params, opt_state, step: matched_sparsity(
+      params, recipe, step, _masks(opt_state, recipe)), mesh, out_shardings=replicated)
 
   def evaluate(state) -> dict[str, float]:
     step = state["step"]
     out = {}
     for kind, params in (("current", effective_fn(state["params"], state["opt_state"], step)),
-                         ("deployed", finalize_fn(state["params"]))):
+                         ("deployed", finalize_fn(state["params"], state["opt_state"]))):
       sums = None
       for batch in task.eval_batches():
         batch_sums = eval_step(params, sharding_lib.global_batch(
@@ -307,7 +308,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         t_last, step_last = now, step
         line = _log_line(step, total_steps, pending[-1][1], recipe, rate,
                          rate * local_batch * process_count,
-                         float(sparsity_fn(state["params"], jnp.int32(step - 1))))
+                         float(sparsity_fn(state["params"], state["opt_state"],
+                                               jnp.int32(step - 1))))
         writer.write(step, "train", line)
         log.info(_format(line))
       if log_now:
