@@ -192,9 +192,11 @@ def test_digits_split_is_fixed_and_stratified():
 def test_digits_batches(channels):
   source = DigitsSource(64, seed=0, channels=channels)
   batch = source.train_batch(0)
-  assert batch["image"].shape == (64, 32, 32, channels) and batch["image"].dtype == np.float32
+  assert batch["image"].shape == (64, 32, 32, channels) and batch["image"].dtype == np.uint8
   assert batch["label"].dtype == np.int32 and batch["valid"].all()
-  assert abs(batch["image"].mean()) < 0.3 and 0.7 < batch["image"].std() < 1.3
+  assert len(source.mean) == len(source.std) == channels
+  normalised = (batch["image"].astype(np.float32) - source.mean) / source.std
+  assert abs(normalised.mean()) < 0.3 and 0.7 < normalised.std() < 1.3
   _assert_same_batch(batch, DigitsSource(64, seed=0, channels=channels).train_batch(0))
   assert not np.array_equal(batch["image"], source.train_batch(1)["image"])
   assert not np.array_equal(batch["label"], DigitsSource(64, seed=5).train_batch(0)["label"])

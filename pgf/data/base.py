@@ -197,7 +197,7 @@ class ImageSource(abc.ABC):
     indices = self._sampler.global_indices(step)[part]
     positions = np.arange(part.start, part.stop, dtype=np.int64)
     images, labels = self._train_examples(indices, step, positions)
-    return {"image": images.astype(np.float32, copy=False), "label": labels.astype(np.int32),
+    return {"image": images, "label": labels.astype(np.int32),
             "valid": np.ones(len(indices), dtype=bool)}
 
   def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
@@ -205,10 +205,11 @@ class ImageSource(abc.ABC):
     for indices, valid in eval_index_batches(self.num_eval, self.eval_global_batch_size,
                                              self.process_index, self.process_count):
       n = len(indices)
-      image = np.zeros((n, self.image_size, self.image_size, self.channels), np.float32)
+      image = np.zeros((n, self.image_size, self.image_size, self.channels), np.uint8)
       label = np.zeros((n,), np.int32)
       if valid.any():
         real_images, real_labels = self._eval_examples(indices[valid])
+        image = image.astype(real_images.dtype, copy=False)
         image[valid], label[valid] = real_images, real_labels
       yield {"image": image, "label": label, "valid": valid}
 

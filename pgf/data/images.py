@@ -125,6 +125,7 @@ class TfdsImageSource(ImageSource):
       raise ValueError(f"Unsupported image dataset {name!r}; known: {sorted(DATASETS)}.")
     self.name, self.split, self.data_dir, self.train = name, split, data_dir, train
     self.spec = DATASETS[base]
+    self.mean, self.std = self.spec.mean, self.spec.std  # 0..255 scale, for the device
     self.num_classes = self.spec.num_classes
     self.image_size = image_size
     self._source = open_data_source(name, split, data_dir)
