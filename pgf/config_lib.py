@@ -15,6 +15,8 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from pgf.recipes import Recipe
+
 
 VIT_FF = r"encoder/encoderblock_\d+/mlp/fc[12]/kernel"
 VIT_QK = r"encoder/encoderblock_\d+/attn/(query|key)/kernel"
@@ -154,6 +156,18 @@ def vit_config(ff: str | None = "1:16", qk: str | None = None, qkv: str | None =
   return config
 
 
+def build_recipe(config, total_steps: int) -> Recipe:
+  """The pgf.Recipe that `config.sparsity` describes, over `total_steps` steps."""
+  s = config.sparsity
+  return Recipe(
+      method=s.method, rules=tuple(tuple(r) for r in s.rules), total_steps=total_steps,
+      dense_fraction=s.dense_fraction, finetune_fraction=s.finetune_fraction,
+      decay_coefficient=s.get("decay_coefficient"), decay_end_fraction=s.decay_end_fraction,
+      gradient=s.gradient, sr_ste_lambda=s.sr_ste_lambda,
+      mask_update_every=s.mask_update_every, sdgf_k=s.sdgf_k,
+      sdgf_stages=tuple(s.sdgf_stages) if s.get("sdgf_stages") else None)
+
+
 def _vit_problems(config) -> list[str]:
   """Loss, mixing, precision and input-worker fields of an image config."""
   problems = []
@@ -232,7 +246,6 @@ def validate(config, process_count: int = 1, device_count: int = 1,
   elif model_name == "t5":
     problems.extend(_t5_problems(config))
   try:
-    from pgf.train import build_recipe  # pylint: disable=g-import-not-at-top
     build_recipe(config, steps if isinstance(steps, int) and steps > 0 else 100_000)
   except ValueError as e:
     problems.extend("config.sparsity: " + line.strip(" -") for line in

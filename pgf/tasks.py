@@ -7,9 +7,6 @@ nothing about sparsity (the loop applies `pgf.sparsify` to the params before `ap
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Iterator
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,47 +14,7 @@ import optax
 
 from pgf.data import mixup
 from pgf.data.mixup import MixSpec
-
-Batch = dict[str, Any]
-
-
-@dataclasses.dataclass
-class Task:
-  """A model family with its data.
-
-  Attributes:
-    name: "classification" or "seq2seq".
-    model: the Flax linen module.
-    train_source: object with `train_batch(step) -> dict` (a pure function of (seed, step)).
-    eval_source: object with `eval_batches() -> Iterator[dict]` (padded with "valid").
-    example_batch: a batch with the shapes of the training batch (for init and validation).
-    examples_key: batch key whose leading dimension counts examples (throughput logs).
-    loss_fn: (params, batch, rng, train) -> (scalar loss, {metric: scalar}).
-    eval_fn: (params, batch) -> {name: per-batch sum}; sums over batches are divided by
-      "count", by "tokens" for names starting "token_" or ending "_per_token", and by "<unit>s"
-      for a name ending "_per_<unit>" when that sum is returned too (e.g. "bits_per_byte" /
-      "bytes"), to give the eval metrics.
-    extra_eval: optional (params) -> {name: value} run once per evaluation on the host
-      (e.g. greedy-decoding exact match for text classification).
-  """
-  name: str
-  model: Any
-  train_source: Any
-  eval_source: Any
-  example_batch: Batch
-  examples_key: str
-  loss_fn: Callable
-  eval_fn: Callable
-  init_fn: Callable
-  extra_eval: Callable | None = None
-
-  def eval_batches(self) -> Iterator[Batch]:
-    return self.eval_source.eval_batches()
-
-
-def _masked_mean(values, valid):
-  valid = valid.astype(values.dtype)
-  return jnp.sum(values * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+from pgf.task_base import Batch, Task, masked_mean  # noqa: F401  (Task is re-exported)
 
 
 # --------------------------------------------------------------------------- classification
@@ -108,7 +65,7 @@ def classification_task(config, process_index: int = 0, process_count: int = 1) 
       losses = optax.softmax_cross_entropy(logits, targets)
     valid = batch["valid"]
     correct = jnp.argmax(logits, -1) == batch["label"]
-    return _masked_mean(losses, valid), {"accuracy": _masked_mean(correct.astype(jnp.float32),
+    return masked_mean(losses, valid), {"accuracy": masked_mean(correct.astype(jnp.float32),
                                                                     valid)}
 
   def eval_fn(params, batch):

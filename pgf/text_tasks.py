@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pgf.tasks import Task
+from pgf.task_base import Task
 
 log = logging.getLogger(__name__)
 

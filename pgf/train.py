@@ -28,6 +28,7 @@ import optax
 
 import pgf
 from pgf import config_lib
+from pgf.config_lib import build_recipe  # noqa: F401  (re-exported: tests and tools use it)
 from pgf import sharding as sharding_lib
 from pgf.checkpointing import Checkpointer
 from pgf.metric_writer import MetricWriter
@@ -54,17 +55,6 @@ def steps_of(config, task: Task, steps_key: str, epochs_key: str) -> int:
     return int(steps)
   epochs = config.optim.get(epochs_key, 0.0) or 0.0
   return int(round(epochs * num_train_examples(task) / config.batch_size))
-
-
-def build_recipe(config, total_steps: int) -> pgf.Recipe:
-  s = config.sparsity
-  return pgf.Recipe(
-      method=s.method, rules=tuple(tuple(r) for r in s.rules), total_steps=total_steps,
-      dense_fraction=s.dense_fraction, finetune_fraction=s.finetune_fraction,
-      decay_coefficient=s.get("decay_coefficient"), decay_end_fraction=s.decay_end_fraction,
-      gradient=s.gradient, sr_ste_lambda=s.sr_ste_lambda,
-      mask_update_every=s.mask_update_every, sdgf_k=s.sdgf_k,
-      sdgf_stages=tuple(s.sdgf_stages) if s.get("sdgf_stages") else None)
 
 
 def learning_rate(config) -> float:
