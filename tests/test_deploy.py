@@ -80,7 +80,7 @@ def test_round_trip_every_axis_layout(tmp_path, name, shape, n, m, axis):
   axes = k.axis
   x = kernel((5,) + tuple(shape[a] for a in axes), seed=1)
   expected = np.tensordot(x, masked(w, n, m, axis), axes=(list(range(1, 1 + len(axes))), list(axes)))
-  for impl in ("gather", "dense"):
+  for impl in ("gather", "expand"):
     np.testing.assert_allclose(deploy.nm_dot(x, got, impl=impl), expected, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(deploy.nm_dot(x.reshape(5, -1), got), expected, rtol=1e-5, atol=1e-5)
 
@@ -137,9 +137,9 @@ def test_auto_dispatch_and_override():
   k = deploy.from_dense(kernel((32, 8)), 1, 4)
   on_gpu = jax.default_backend() == "gpu"
   assert deploy.resolve_impl(None, 8, k) == ("pallas" if on_gpu else "gather")
-  assert deploy.resolve_impl(None, 65, k) == "dense"
-  with deploy.use_impl("dense"):
-    assert deploy.resolve_impl(None, 1, k) == "dense"
+  assert deploy.resolve_impl(None, 65, k) == "expand"
+  with deploy.use_impl("expand"):
+    assert deploy.resolve_impl(None, 1, k) == "expand"
     assert deploy.resolve_impl("gather", 1, k) == "gather"
 
 
@@ -155,7 +155,7 @@ def test_pallas_kernel_in_interpret_mode(rows, k_dim, r, n, m, dtype):
   k = jax.tree.map(jnp.asarray, deploy.from_dense(w, n, m, 0, dtype=dtype))
   x = jnp.asarray(kernel((rows, k_dim), seed=1), dtype)
   got = deploy.nm_dot(x, k, impl="pallas", interpret=True)
-  want = deploy.nm_dot(x, k, impl="dense")
+  want = deploy.nm_dot(x, k, impl="expand")
   assert got.shape == (rows, r) and got.dtype == dtype
   tol = 2e-2 if dtype == jnp.bfloat16 else 1e-4
   np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
@@ -280,3 +280,11 @@ def test_trained_demo_exported_reloaded_same_accuracy(tmp_path):
       correct += float(sums["accuracy"])
       count += float(sums["count"])
   assert correct / count == summary["deployed_accuracy"]
+
+
+def test_bench_smoke(capsys):
+  sys.path.insert(0, os.path.join(ROOT, "experiments"))
+  import bench_deploy
+  bench_deploy.main(["--smoke"])
+  out = capsys.readouterr().out
+  assert "| 64x32 | 1:4 | float32 | 1 |" in out and "| float32 | 8 |" in out

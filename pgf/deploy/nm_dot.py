@@ -6,10 +6,11 @@ Implementations (`impl`):
   "gather"  jnp: gathers, for every kept weight, the activation at its in-group position and
             multiplies (reads only the kept values; materialises rows x K/M x N x R products,
             so it is meant for small row counts).
-  "dense"   jnp: rebuilds W ⊙ Φ from the compressed form in the graph, then a dense matmul.
+  "expand"  jnp: rebuilds W ⊙ Φ from the compressed form in the graph, then a dense matmul
+            (reads the compressed bytes; the FLOPs and a transient dense W are dense).
   "auto"    (default) "pallas" on GPU for <= SMALL_ROWS rows and shapes the kernel supports;
-            "gather" for <= SMALL_ROWS rows elsewhere; "dense" for more rows (compute-bound).
-Override per call (`impl=`), for a block of code (`with use_impl("dense"): ...`) or for the
+            "gather" for <= SMALL_ROWS rows elsewhere; "expand" for more rows (compute-bound).
+Override per call (`impl=`), for a block of code (`with use_impl("expand"): ...`) or for the
 interceptor (`intercept(impl=...)`).
 """
 
@@ -28,7 +29,7 @@ from pgf.deploy.format import NMKernel, unpack_indices
 
 __all__ = ["nm_dot", "use_impl", "intercept", "IMPLS", "SMALL_ROWS", "resolve_impl"]
 
-IMPLS = ("auto", "pallas", "gather", "dense")
+IMPLS = ("auto", "pallas", "gather", "expand")
 SMALL_ROWS = 64
 _IMPL = contextvars.ContextVar("pgf_deploy_impl", default="auto")
 
@@ -56,7 +57,7 @@ def resolve_impl(impl: str | None, rows: int, kernel: NMKernel) -> str:
   if impl != "auto":
     return impl
   if rows > SMALL_ROWS:
-    return "dense"
+    return "expand"
   from pgf.deploy import pallas  # pylint: disable=g-import-not-at-top
   g, n, _ = kernel.values.shape
   if jax.default_backend() == "gpu" and pallas.supported(rows, n, kernel.m, g,
@@ -86,7 +87,7 @@ def _gather(x2, values, indices, m: int):
   return jnp.einsum("bgjr,gjr->br", picked, values, preferred_element_type=jnp.float32)
 
 
-def _dense(x2, values, indices, m: int):
+def _expand(x2, values, indices, m: int):
   g, _, r = values.shape
   onehot = indices[:, :, None, :] == jnp.arange(m, dtype=jnp.int32)[None, None, :, None]
   w = jnp.sum(jnp.where(onehot, values[:, :, None, :], 0), axis=1).reshape(g * m, r)
@@ -99,7 +100,7 @@ def nm_dot(x, kernel: NMKernel, *, impl: str | None = None, interpret: bool | No
   Args:
     x: (..., *kernel.contracting_shape) or (..., K) activations.
     kernel: an `NMKernel` (e.g. a leaf of `pgf.deploy.load(path)`).
-    impl: "auto" | "pallas" | "gather" | "dense" (module docstring); None: the context's.
+    impl: "auto" | "pallas" | "gather" | "expand" (module docstring); None: the context's.
     interpret: for "pallas": run in the Pallas interpreter (default: when not on GPU/TPU).
 
   Returns:
@@ -122,7 +123,7 @@ def nm_dot(x, kernel: NMKernel, *, impl: str | None = None, interpret: bool | No
                            interpret=interpret)
   else:
     indices = unpack_indices(jnp.asarray(kernel.packed), kernel.m, r)
-    out = (_gather if chosen == "gather" else _dense)(x2, values, indices, kernel.m)
+    out = (_gather if chosen == "gather" else _expand)(x2, values, indices, kernel.m)
   return out.astype(dtype).reshape(batch + kernel.out_shape)
 
 
