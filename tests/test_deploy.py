@@ -194,7 +194,7 @@ def test_vit_runs_on_compressed_params():
   kinds = [type(x).__name__ for x in jax.tree.leaves(compressed, is_leaf=deploy.is_compressed)]
   assert kinds.count("NMKernel") == 6
   want = _apply(model, finalized, images)
-  got = _apply(model, compressed, images, "auto")
+  got = _apply(model, compressed, images, "auto")  # 32 rows: the gather path on CPU
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
@@ -207,9 +207,8 @@ def test_t5_runs_on_compressed_params():
       (r".*/mlp/(wi_0|wi_1|wo)/kernel", "1:8"), (r".*attention/(query|key|value)/kernel", "2:4")))
   finalized, compressed = _random_finalized(model, inputs, recipe)
   want = _apply(model, finalized, inputs)
-  for impl in ("auto", "gather"):
-    got = _apply(model, compressed, inputs, impl)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  got = _apply(model, compressed, inputs, "auto")  # 16 rows: the gather path on CPU
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_dense_general_with_unusual_axes():
