@@ -18,20 +18,24 @@ from pgf.task_base import Batch, Task, masked_mean  # noqa: F401  (Task is re-ex
 
 
 # --------------------------------------------------------------------------- classification
-def classification_task(config, process_index: int = 0, process_count: int = 1) -> Task:
-  """ViT image classification on digits (embedded), cifar10 or imagenet2012 (TFDS)."""
+def vit_model(config, num_classes: int):
+  """The ViT of `config.model` (no data needed: also for abstract params, e.g. size reports)."""
   from pgf.models import vit as vit_lib  # pylint: disable=g-import-not-at-top
-
-  train_source, eval_source = build_image_sources(config, process_index, process_count)
   variant = vit_lib.decode_variant(config.model.variant)
-  model = vit_lib.ViT(
-      num_classes=train_source.num_classes,
+  return vit_lib.ViT(
+      num_classes=num_classes,
       pool_type=config.model.pool_type,
       dropout=config.model.dropout,
       attention_dropout=config.model.get("attention_dropout", 0.0),
       drop_path=config.model.drop_path,
       dtype=jnp.dtype(config.model.get("dtype", "float32")),
       **{k: config.model.get(k, v) for k, v in variant.items()})
+
+
+def classification_task(config, process_index: int = 0, process_count: int = 1) -> Task:
+  """ViT image classification on digits (embedded), cifar10 or imagenet2012 (TFDS)."""
+  train_source, eval_source = build_image_sources(config, process_index, process_count)
+  model = vit_model(config, train_source.num_classes)
   size = train_source.image_size
   channels = getattr(train_source, "channels", 3)
   example = {"image": np.zeros((1, size, size, channels), np.uint8),
