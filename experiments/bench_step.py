@@ -78,6 +78,39 @@ def synthetic_vit(config, image_size: int, batch: int, num_classes: int = 1000):
   return init_fn, loss_fn, data
 
 
+def synthetic_t5(config, batch: int, input_length: int, target_length: int,
+                 vocab_size: int = 32128):
+  """(init_fn, loss_fn, batch) for the config's T5 on random tokens (T5 v1.1's vocabulary size
+  by default), with the loss of `pgf.text_tasks` (token cross-entropy plus the config's z-loss)."""
+  from pgf import text_tasks  # pylint: disable=g-import-not-at-top
+  from pgf.models import t5 as t5_lib  # pylint: disable=g-import-not-at-top
+  m = config.model
+  sizes = {k: m.get(k) for k in t5_lib.VARIANTS["base"] if m.get(k) is not None}
+  model = t5_lib.T5(t5_lib.get_config(
+      m.variant, vocab_size, dropout_rate=m.get("dropout_rate", 0.0),
+      logits_via_embedding=m.get("logits_via_embedding", False),
+      dtype=jnp.dtype(m.get("dtype", "float32")), **sizes))
+  rng = np.random.default_rng(0)
+  data = {"inputs": rng.integers(1, vocab_size, (batch, input_length)).astype(np.int32),
+          "targets": rng.integers(1, vocab_size, (batch, target_length)).astype(np.int32),
+          "valid": np.ones((batch,), bool)}
+  z_loss = float(config.get("z_loss", 0.0))
+
+  def init_fn(key):
+    return model.init({"params": key}, data["inputs"][:1], data["targets"][:1],
+                      train=False)["params"]
+
+  def loss_fn(params, batch, key, train):
+    logits = model.apply({"params": params}, batch["inputs"],
+                         t5_lib.shift_right(batch["targets"]), train=train,
+                         rngs={"dropout": key})
+    weights = text_tasks.target_weights(batch)
+    losses = text_tasks.token_losses(logits, batch["targets"], z_loss)
+    return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0), {}
+
+  return init_fn, loss_fn, data
+
+
 def task_based(config):
   """(init_fn, loss_fn, batch) from the config's own task and its first training batch."""
   from pgf.tasks import build_task  # pylint: disable=g-import-not-at-top
