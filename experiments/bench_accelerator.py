@@ -397,10 +397,13 @@ def render(results: dict) -> str:
   """Markdown for a results dict (what --out writes and --merge reads)."""
   from bench_masks import TABLE_HEADER, table_row  # pylint: disable=g-import-not-at-top
   env = results["environment"]
-  out = [f"pgf on {env['device_count']} x {env['device_kind']} ({env['platform']}), "
-         f"{env['date']}; jax {env['jax']}, jaxlib {env['jaxlib']}, flax {env['flax']}, "
-         f"python {env['python']}, {env['host_cores']} host cores"
-         + ("; SMOKE RUN (tiny shapes, numbers mean nothing)" if env.get("smoke") else "")]
+  if not env:
+    out = ["(no run recorded its environment)"]
+  else:
+    out = [f"pgf on {env['device_count']} x {env['device_kind']} ({env['platform']}), "
+           f"{env['date']}; jax {env['jax']}, jaxlib {env['jaxlib']}, flax {env['flax']}, "
+           f"python {env['python']}, {env['host_cores']} host cores"
+           + ("; SMOKE RUN (tiny shapes, numbers mean nothing)" if env.get("smoke") else "")]
   for name in SUBS:
     if name not in results:
       continue
@@ -443,8 +446,10 @@ def merge(paths) -> dict:
   for path in paths:
     with open(path) as f:
       part = json.load(f)
-    merged.setdefault("environment", part["environment"])
+    if part.get("environment"):  # device_check.sh writes None for a run that died early
+      merged.setdefault("environment", part["environment"])
     merged.update({k: v for k, v in part.items() if k != "environment"})
+  merged.setdefault("environment", None)
   return merged
 
 
