@@ -371,6 +371,7 @@ def _f(value, fmt: str, missing: str = "n/a") -> str:
 
 
 def step_table(section: dict) -> list[str]:
+  unit = "sequences/s" if section["model"].startswith("T5") else "images/s"
   lines = [f"{section['model']}, batch {section['batch']}"
            + (f" (asked {section['batch_requested']}, halved on OOM)"
               if section["batch"] != section["batch_requested"] else "")
@@ -380,7 +381,7 @@ def step_table(section: dict) -> list[str]:
            f"{_f(section['peak_bf16_flops'] and section['peak_bf16_flops'] / 1e12, '.0f')} "
            f"TFLOP/s; process peak device memory "
            f"{_f(section['device_peak_gib'], '.1f')} GiB", "",
-           "| method | step ms | images/s | images/s per device | step / dense | range "
+           f"| method | step ms | {unit} | {unit} per device | step / dense | range "
            "| MFU | of ceiling | step GiB | pgf ops ms | calls |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in section["rows"]:

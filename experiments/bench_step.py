@@ -221,18 +221,21 @@ def build_methods(config, methods, init_fn, loss_fn, batch, mesh, threads: int =
   the most part, so on a many-core host this divides the compile time).
   """
   import concurrent.futures  # pylint: disable=g-import-not-at-top
-  built = {}
-  for method in methods:
-    built[method] = build_method(config, method, init_fn, loss_fn, mesh)
+
+  def build(method):  # traced in the thread (JAX and Flax keep trace state per thread)
+    step, state, ops_timer = build_method(config, method, init_fn, loss_fn, mesh)
+    step = compile_step(step, state, batch)
+    return step, state, ops_timer
+
   start = time.perf_counter()
   with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
-    futures = {m: pool.submit(compile_step, built[m][0], built[m][1], batch) for m in methods}
-    compiled = {m: f.result() for m, f in futures.items()}
-  log(f"# compiled {len(methods)} steps in {time.perf_counter() - start:.1f}s "
+    futures = {m: pool.submit(build, m) for m in methods}
+    built = {m: f.result() for m, f in futures.items()}
+  log(f"# built and compiled {len(methods)} steps in {time.perf_counter() - start:.1f}s "
       f"({max(1, threads)} at a time)")
   out = {}
   for method in methods:
-    step, state, ops_timer = compiled[method], built[method][1], built[method][2]
+    step, state, ops_timer = built[method]
     start = time.perf_counter()
     for _ in range(2):  # two steps that touch everything once
       state, loss = step(state, batch)
