@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from typing import Callable
 
 import numpy as np
@@ -130,11 +129,11 @@ class RandAugment:
             "p": "prob"}
     kwargs = {}
     for part in parts[1:]:
-      match = re.fullmatch(r"([a-z]+)(.*)", part)
-      if not match or match.group(1) not in keys:
+      key = next((k for k in sorted(keys, key=len, reverse=True) if part.startswith(k)), None)
+      if key is None:
         raise ValueError(f"RandAugment spec {spec!r}: unknown part {part!r}; expected one of "
                          f"{', '.join(k + '<number>' for k in keys)}.")
-      key, value = match.groups()
+      value = part[len(key):]
       try:
         number = float(value)
       except ValueError:
