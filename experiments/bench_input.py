@@ -209,6 +209,9 @@ def main(argv=None) -> None:
                        check))
   if not args.smoke:  # One more worker start-up: skipped when smoke-testing.
     w = workers[-1]
+    contenders.append(("pipeline + RandAugment m15-n2, in-thread", 1,
+                       lambda n: source(num_workers=0, randaugment="rand-m15-n2-mstd0")
+                       .train_batches(0, n), None))
     contenders.append((f"pipeline + RandAugment m15-n2, grain, {w} worker{'s' if w > 1 else ''}",
                        w, lambda n: source(num_workers=w, prefetch=2,
                                            randaugment="rand-m15-n2-mstd0").train_batches(0, n),

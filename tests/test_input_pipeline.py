@@ -80,12 +80,14 @@ def test_train_batches_with_two_workers_are_bit_identical(mock_tfds):
   """Workers get pickled copies of the source; order and bytes match train_batch, per process."""
   source = _source(batch=6, process_index=1, process_count=2, randaugment="rand-m15-n2-mstd0",
                    num_workers=2, prefetch=1)
-  iterator = source.train_batches(7, 5)
-  batches = list(iterator)
-  assert len(batches) == 5 and all(type(b["image"]) is np.ndarray for b in batches)
+  iterator = source.train_batches(7)  # Endless, as the training loop uses it; stopped by close().
+  batches = [next(iterator) for _ in range(5)]
+  iterator.close()
+  assert all(type(b["image"]) is np.ndarray for b in batches)
   for i, batch in enumerate(batches):
     _assert_same(batch, source.train_batch(7 + i))
-  iterator.close()  # Idempotent after exhaustion.
+  with pytest.raises(StopIteration):
+    next(iterator)
   # Eval through the same workers is the in-thread sweep.
   evaluation = _source(split="validation", train=False, num_workers=2)
   for a, b in zip(evaluation.eval_batches(), evaluation.eval_batches(num_workers=0), strict=True):

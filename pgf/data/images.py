@@ -70,12 +70,12 @@ def _base_name(name: str) -> str:
 
 def default_num_workers() -> int:
   """Worker processes for ``train_batches`` when not given: one per core this process may use, at
-  most 64 (each worker holds ``prefetch + 1`` batches in memory)."""
+  most 128 (each worker holds about ``prefetch + 1`` batches in memory)."""
   try:
     cores = len(os.sched_getaffinity(0))
   except AttributeError:  # Not on Linux.
     cores = os.cpu_count() or 1
-  return max(1, min(64, cores))
+  return max(1, min(128, cores))
 
 
 def open_data_source(name: str, split: str, data_dir: str | None,
@@ -131,9 +131,10 @@ class TfdsImageSource(ImageSource):
     process_index, process_count: this process's slot in a multi-host run.
     eval_global_batch_size: batch size of ``eval_batches``; defaults to ``global_batch_size``.
     num_workers: worker processes of ``train_batches`` (and ``eval_batches``); 0 computes batches
-      in the calling thread; None: ``default_num_workers()`` (one per core, at most 64).
-    prefetch: batches each worker computes ahead (host memory: ``num_workers * (prefetch + 1)``
-      batches of ``local_batch_size * image_size**2 * 3`` bytes).
+      in the calling thread; None: ``default_num_workers()`` (one per core, at most 128).
+    prefetch: finished batches each worker may queue (host memory: about ``num_workers *
+      (prefetch + 1)`` batches of ``local_batch_size * image_size**2 * 3`` bytes). With many
+      workers, 1 already keeps ``num_workers`` batches in flight.
     randaugment: None, or a spec such as "rand-m15-n2-mstd0" (``pgf.data.randaugment``), applied
       to training images after crop and flip.
     draft: let the JPEG decoder work at reduced scale when the crop allows it.
@@ -144,7 +145,7 @@ class TfdsImageSource(ImageSource):
   def __init__(self, name: str, split: str, data_dir: str | None, global_batch_size: int,
                seed: int, image_size: int, train: bool, process_index: int = 0,
                process_count: int = 1, *, eval_global_batch_size: int | None = None,
-               num_workers: int | None = None, prefetch: int = 2,
+               num_workers: int | None = None, prefetch: int = 1,
                randaugment: str | randaugment.RandAugment | None = None, draft: bool = True):
     super().__init__(global_batch_size, seed, process_index, process_count,
                      eval_global_batch_size)
@@ -324,7 +325,7 @@ def train_and_eval_sources(name: str, data_dir: str | None, global_batch_size: i
                            image_size: int, process_index: int = 0, process_count: int = 1, *,
                            train_split: str = "train", eval_split: str | None = None,
                            eval_global_batch_size: int | None = None,
-                           num_workers: int | None = None, prefetch: int = 2,
+                           num_workers: int | None = None, prefetch: int = 1,
                            randaugment: str | None = None,
                            ) -> tuple[TfdsImageSource, TfdsImageSource]:
   """The usual pair: augmented train split (with ``randaugment`` if given) and the dataset's
