@@ -141,12 +141,9 @@ def eval_index_batches(num_examples: int, global_batch_size: int, process_index:
   batches, which keeps collective ops in a multi-host eval loop in lockstep, and the union over
   processes covers every example exactly once.
   """
-  part = process_slice(global_batch_size, process_index, process_count)
   num_batches = -(-num_examples // global_batch_size)
   for b in range(num_batches):
-    positions = b * global_batch_size + np.arange(part.start, part.stop, dtype=np.int64)
-    valid = positions < num_examples
-    yield np.minimum(positions, num_examples - 1), valid
+    yield eval_batch_indices(b, num_examples, global_batch_size, process_index, process_count)
 
 
 def eval_batch_indices(batch_index: int, num_examples: int, global_batch_size: int,
