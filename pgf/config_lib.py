@@ -144,7 +144,8 @@ def vit_config(ff: str | None = "1:16", qk: str | None = None, qkv: str | None =
     # workers=-1: one input worker process per host core (see pgf/data/images.py).
     config.data = ml_collections.ConfigDict(dict(name=arg.dataset or "imagenet2012",
                                                  image_size=224, data_dir="",
-                                                 randaugment="rand-m15-n2-p1-mstd0", workers=-1))
+                                                 randaugment="rand-m15-n2-p1-mstd0", workers=-1,
+                                                 prefetch=1))
     config.batch_size = 4096
     config.eval_batch_size = 1024
     config.total_steps = -1

@@ -103,10 +103,13 @@ def build_image_sources(config, process_index: int, process_count: int):
                                   eval_global_batch_size=eval_batch)
     return source, source
   from pgf.data.images import train_and_eval_sources  # pylint: disable=g-import-not-at-top
+  workers = data.get("workers", -1)
   return train_and_eval_sources(
       data.name, data.get("data_dir") or None, batch, config.seed, data.image_size,
       process_index, process_count, train_split=data.get("train_split", "train"),
-      eval_split=data.get("eval_split") or None, eval_global_batch_size=eval_batch)
+      eval_split=data.get("eval_split") or None, eval_global_batch_size=eval_batch,
+      num_workers=None if workers < 0 else workers, prefetch=data.get("prefetch", 1),
+      randaugment=data.get("randaugment") or None)
 
 
 def num_train_examples(task: Task) -> int:

@@ -38,6 +38,7 @@ def test_one_step_on_mock_imagenet(tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
   config = tiny_vit(load_config(os.path.join(ROOT, "configs", "vit_1_16.py")))
   config.data.image_size = 32
+  config.data.workers = 0  # worker processes are tested in test_input_pipeline.py
   config.update(batch_size=4, eval_batch_size=4, total_steps=1)
   config.optim.update(warmup_epochs=0.0, warmup_steps=0)
   with tfds.testing.mock_data(num_examples=8):
