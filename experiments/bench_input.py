@@ -162,6 +162,25 @@ def timed(make_iterator, batch: int, warmup: int, steps: int, check=None) -> tup
   return steps * batch / wall, 1000 * cpu / (steps * batch)
 
 
+def measure(batch_size: int, image_size: int, workers: int, seconds: float = 0.0,
+            smoke: bool = False) -> dict:
+  """Host images/s of the training pipeline with `workers` grain processes, on a fresh
+  synthetic ImageNet-like set in a temporary directory (what bench_accelerator.py compares with
+  the step's images/s). `seconds` is a hint: more batches are timed when it is larger."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from pgf.data.images import TfdsImageSource  # pylint: disable=g-import-not-at-top
+  steps = 2 if smoke else max(8, int(seconds) // 2)
+  with tempfile.TemporaryDirectory() as data_dir:
+    make_dataset(data_dir, 12 if smoke else min(max(2 * batch_size, 256), 2048))
+    source = TfdsImageSource(NAME, "train", data_dir, batch_size, 0, image_size, True,
+                             num_workers=workers, prefetch=2,
+                             randaugment=None if smoke else "rand-m15-n2-p1-mstd0")
+    rate, cpu_ms = timed(lambda n: source.train_batches(0, n), batch_size, max(workers, 1),
+                         steps)
+  return {"images_per_s": rate, "cpu_ms_per_image": cpu_ms, "workers": workers,
+          "randaugment": not smoke, "timed_batches": steps}
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--data_dir", required=True)
