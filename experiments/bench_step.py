@@ -78,6 +78,39 @@ def synthetic_vit(config, image_size: int, batch: int, num_classes: int = 1000):
   return init_fn, loss_fn, data
 
 
+def synthetic_t5(config, batch: int, input_length: int, target_length: int,
+                 vocab_size: int = 32128):
+  """(init_fn, loss_fn, batch) for the config's T5 on random tokens (T5 v1.1's vocabulary size
+  by default), with the loss of `pgf.text_tasks` (token cross-entropy plus the config's z-loss)."""
+  from pgf import text_tasks  # pylint: disable=g-import-not-at-top
+  from pgf.models import t5 as t5_lib  # pylint: disable=g-import-not-at-top
+  m = config.model
+  sizes = {k: m.get(k) for k in t5_lib.VARIANTS["base"] if m.get(k) is not None}
+  model = t5_lib.T5(t5_lib.get_config(
+      m.variant, vocab_size, dropout_rate=m.get("dropout_rate", 0.0),
+      logits_via_embedding=m.get("logits_via_embedding", False),
+      dtype=jnp.dtype(m.get("dtype", "float32")), **sizes))
+  rng = np.random.default_rng(0)
+  data = {"inputs": rng.integers(1, vocab_size, (batch, input_length)).astype(np.int32),
+          "targets": rng.integers(1, vocab_size, (batch, target_length)).astype(np.int32),
+          "valid": np.ones((batch,), bool)}
+  z_loss = float(config.get("z_loss", 0.0))
+
+  def init_fn(key):
+    return model.init({"params": key}, data["inputs"][:1], data["targets"][:1],
+                      train=False)["params"]
+
+  def loss_fn(params, batch, key, train):
+    logits = model.apply({"params": params}, batch["inputs"],
+                         t5_lib.shift_right(batch["targets"]), train=train,
+                         rngs={"dropout": key})
+    weights = text_tasks.target_weights(batch)
+    losses = text_tasks.token_losses(logits, batch["targets"], z_loss)
+    return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0), {}
+
+  return init_fn, loss_fn, data
+
+
 def task_based(config):
   """(init_fn, loss_fn, batch) from the config's own task and its first training batch."""
   from pgf.tasks import build_task  # pylint: disable=g-import-not-at-top
@@ -161,6 +194,101 @@ def flat_with_paths(tree):
   return [(leaf_path(kp), leaf) for kp, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
+def compile_step(step, state, batch):
+  """The ahead-of-time compiled `step` for these arguments (thread-safe: XLA compiles outside
+  the GIL, so several methods compile at once); `step` itself where it cannot be lowered."""
+  if not hasattr(step, "lower"):
+    return step
+  return step.lower(state, batch).compile()
+
+
+def step_memory_bytes(compiled) -> int | None:
+  """Device bytes one call of a compiled step holds: arguments + outputs + temporaries - aliased
+  (donated) buffers, from XLA's memory analysis; None where the backend gives none."""
+  try:
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+               - m.alias_size_in_bytes)
+  except Exception:  # pylint: disable=broad-except  # absent on some backends and versions
+    return None
+
+
+def build_methods(config, methods, init_fn, loss_fn, batch, mesh, threads: int = 0,
+                  log=print):
+  """{method: (compiled step, state, pgf-ops timer, info)}, every step compiled and warmed up.
+
+  `threads` > 1 compiles that many methods at once (each compile is single-threaded in XLA for
+  the most part, so on a many-core host this divides the compile time).
+  """
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+
+  def build(method):  # traced in the thread (JAX and Flax keep trace state per thread)
+    step, state, ops_timer = build_method(config, method, init_fn, loss_fn, mesh)
+    step = compile_step(step, state, batch)
+    return step, state, ops_timer
+
+  start = time.perf_counter()
+  with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
+    futures = {m: pool.submit(build, m) for m in methods}
+    built = {m: f.result() for m, f in futures.items()}
+  log(f"# built and compiled {len(methods)} steps in {time.perf_counter() - start:.1f}s "
+      f"({max(1, threads)} at a time)")
+  out = {}
+  for method in methods:
+    step, state, ops_timer = built[method]
+    start = time.perf_counter()
+    for _ in range(2):  # two steps that touch everything once
+      state, loss = step(state, batch)
+    jax.block_until_ready(loss)
+    info = {"warmup_s": time.perf_counter() - start, "step_bytes": step_memory_bytes(step)}
+    out[method] = (step, state, ops_timer, info)
+  return out
+
+
+def measure_methods(config, methods, init_fn, loss_fn, batch, mesh, rounds: int, steps: int,
+                    threads: int = 0, log=print):
+  """Every method's step timed back to back with dense (see the module docstring).
+
+  Returns {"times": {method: [s per step per measurement]}, "ratios": {sparse method: [step /
+  dense per round]}, "ops": {method: [pgf-ops s]}, "info": {method: {warmup_s, step_bytes}}}.
+  """
+  methods = list(methods)
+  if "dense" not in methods:
+    methods.insert(0, "dense")
+  built = build_methods(config, methods, init_fn, loss_fn, batch, mesh, threads, log)
+  steps_of = {m: b[0] for m, b in built.items()}
+  states = {m: b[1] for m, b in built.items()}
+  ops_timers = {m: b[2] for m, b in built.items()}
+
+  def timed(method) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+      states[method], loss = steps_of[method](states[method], batch)
+    jax.block_until_ready(loss)
+    return (time.perf_counter() - start) / steps
+
+  sparse = [m for m in methods if m != "dense"]
+  times = {method: [] for method in methods}
+  ratios = {method: [] for method in sparse}
+  ops = {method: [] for method in methods}
+  for r in range(rounds):
+    k = r % len(sparse) if sparse else 0
+    for i, method in enumerate(sparse[k:] + sparse[:k]):
+      pair = ("dense", method) if (r + i) % 2 == 0 else (method, "dense")
+      measured = {name: timed(name) for name in pair}
+      for name, seconds in measured.items():
+        times[name].append(seconds)
+      ratios[method].append(measured[method] / measured["dense"])
+      ops[method].append(min(ops_timers[method]() for _ in range(3)))
+    if not sparse:
+      times["dense"].append(timed("dense"))
+    log(f"# round {r + 1}/{rounds}: dense {1e3 * times['dense'][-1]:.0f}ms " + " ".join(
+        f"{m} x{ratios[m][-1]:.3f}" for m in sparse))
+  del states  # donated buffers: nothing outside may use them
+  return {"times": times, "ratios": ratios, "ops": ops,
+          "info": {m: b[3] for m, b in built.items()}}
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default="configs/vit_1_16.py")
@@ -193,39 +321,11 @@ def main():
   methods = args.methods.split(",")
   if "dense" not in methods:
     methods.insert(0, "dense")
+  log = lambda line: print(line, flush=True)
 
-  steps, states, ops_timers = {}, {}, {}
-  for method in methods:
-    start = time.perf_counter()
-    steps[method], states[method], ops_timers[method] = build_method(config, method, init_fn,
-                                                                      loss_fn, mesh)
-    for _ in range(2):  # compile, then one step that touches everything once
-      states[method], loss = steps[method](states[method], batch)
-    jax.block_until_ready(loss)
-    print(f"# {method}: compiled and warmed up in {time.perf_counter() - start:.1f}s",
-          flush=True)
-
-  def timed(method) -> float:
-    start = time.perf_counter()
-    for _ in range(args.steps):
-      states[method], loss = steps[method](states[method], batch)
-    jax.block_until_ready(loss)
-    return (time.perf_counter() - start) / args.steps
-
-  sparse = [m for m in methods if m != "dense"]
-  times = {method: [] for method in methods}
-  ratios = {method: [] for method in sparse}
-  ops = {method: [] for method in methods}
-  for r in range(args.rounds):
-    for i, method in enumerate(sparse[r % len(sparse):] + sparse[:r % len(sparse)]):
-      pair = ("dense", method) if (r + i) % 2 == 0 else (method, "dense")
-      measured = {name: timed(name) for name in pair}
-      for name, seconds in measured.items():
-        times[name].append(seconds)
-      ratios[method].append(measured[method] / measured["dense"])
-      ops[method].append(min(ops_timers[method]() for _ in range(3)))
-    print(f"# round {r + 1}/{args.rounds}: dense {1e3 * times['dense'][-1]:.0f}ms " + " ".join(
-        f"{m} x{ratios[m][-1]:.3f}" for m in sparse), flush=True)
+  result = measure_methods(config, methods, init_fn, loss_fn, batch, mesh, args.rounds,
+                           args.steps, log=log)
+  times, ratios, ops = result["times"], result["ratios"], result["ops"]
 
   ff = ",".join(f"{rule[1]}" for rule in config.sparsity.rules) or "none"
   print(f"\n{config.model.name} {config.model.variant}, batch {args.batch}"

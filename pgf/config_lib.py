@@ -15,11 +15,15 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from pgf.recipes import Recipe
+
 
 VIT_FF = r"encoder/encoderblock_\d+/mlp/fc[12]/kernel"
 VIT_QK = r"encoder/encoderblock_\d+/attn/(query|key)/kernel"
 VIT_QKV = r"encoder/encoderblock_\d+/attn/(query|key|value)/kernel"
-IMAGE_DATASETS = ("digits", "cifar10", "imagenet2012")
+IMAGE_DATASETS = ("digits", "cifar10", "imagenet2012", "synthetic_imagenet")
+LOSSES = ("softmax_xent", "sigmoid_bce")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -81,10 +85,11 @@ def vit_rules(ff: str | None, qk: str | None = None, qkv: str | None = None):
   rules = []
   if ff:
     rules.append((VIT_FF, ff))
+  # Q/K/V kernels are (width, heads, head_dim): grouped along the input features, axis 0.
   if qkv:
-    rules.append((VIT_QKV, qkv))
+    rules.append((VIT_QKV, qkv, 0))
   elif qk:
-    rules.append((VIT_QK, qk))
+    rules.append((VIT_QK, qk, 0))
   return tuple(rules)
 
 
@@ -96,13 +101,19 @@ def vit_config(ff: str | None = "1:16", qk: str | None = None, qkv: str | None =
   config = ml_collections.ConfigDict()
   config.seed = arg.seed
   config.model = ml_collections.ConfigDict(dict(
-      name="vit", variant=arg.variant, pool_type="tok", dropout=0.0, attention_dropout=0.0,
-      drop_path=0.1, dtype="float32"))
+      name="vit", variant=arg.variant, pool_type="tok", dropout=0.1, attention_dropout=0.0,
+      drop_path=0.1, dtype="bfloat16"))
   config.sparsity = sparsity_config(arg.method, vit_rules(ff, qk, qkv))
   config.optim = ml_collections.ConfigDict(dict(
       lr=1e-3, reference_batch=4096, schedule="cosine", warmup_steps=-1, warmup_epochs=15.0,
       b1=0.9, b2=0.999, weight_decay=0.01, grad_clip=1.0, min_lr=1e-6))
+  # The authors' released timm config (vit_b_train.yaml): binary cross-entropy on mixup 0.5
+  # targets (batch mode, no cutmix), no label smoothing, RandAugment rand-m15-n2-p1-mstd0,
+  # dropout 0.1, drop-path 0.1, mixed precision. The demo overrides these below.
+  config.loss = "sigmoid_bce"
   config.label_smoothing = 0.0
+  config.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.5, cutmix_alpha=0.0,
+                                                switch_prob=0.5, prob=1.0))
   config.log_every = 100
   config.eval_every = 5000
   config.checkpoint_every = 1000
@@ -114,9 +125,12 @@ def vit_config(ff: str | None = "1:16", qk: str | None = None, qkv: str | None =
   if arg.demo:
     # A small ViT on sklearn's 1797 real 8x8 digits, upsampled to 16x16 (16 patches of 4x4).
     config.data = ml_collections.ConfigDict(dict(name=arg.dataset or "digits", image_size=16,
-                                                 data_dir=""))
+                                                 data_dir="", randaugment="", workers=-1))
+    # float32 on a CPU; plain softmax cross-entropy without mixup, which 8x8 digits do not need.
     config.model.update(variant="Ti/4", width=64, depth=4, num_heads=4, mlp_dim=256,
-                        pool_type="gap", drop_path=0.0)
+                        pool_type="gap", drop_path=0.0, dropout=0.0, dtype="float32")
+    config.loss = "softmax_xent"
+    config.mixup.update(mixup_alpha=0.0)
     config.batch_size = 128
     config.eval_batch_size = 300
     config.total_steps = 3000
@@ -127,8 +141,11 @@ def vit_config(ff: str | None = "1:16", qk: str | None = None, qkv: str | None =
     config.eval_every = 1000
     config.checkpoint_every = 1000
   else:
+    # workers=-1: one input worker process per host core (see pgf/data/images.py).
     config.data = ml_collections.ConfigDict(dict(name=arg.dataset or "imagenet2012",
-                                                 image_size=224, data_dir=""))
+                                                 image_size=224, data_dir="",
+                                                 randaugment="rand-m15-n2-p1-mstd0", workers=-1,
+                                                 prefetch=1))
     config.batch_size = 4096
     config.eval_batch_size = 1024
     config.total_steps = -1
@@ -138,6 +155,43 @@ def vit_config(ff: str | None = "1:16", qk: str | None = None, qkv: str | None =
   if arg.steps > 0:
     config.total_steps = arg.steps
   return config
+
+
+def build_recipe(config, total_steps: int) -> Recipe:
+  """The pgf.Recipe that `config.sparsity` describes, over `total_steps` steps."""
+  s = config.sparsity
+  return Recipe(
+      method=s.method, rules=tuple(tuple(r) for r in s.rules), total_steps=total_steps,
+      dense_fraction=s.dense_fraction, finetune_fraction=s.finetune_fraction,
+      decay_coefficient=s.get("decay_coefficient"), decay_end_fraction=s.decay_end_fraction,
+      gradient=s.gradient, sr_ste_lambda=s.sr_ste_lambda,
+      mask_update_every=s.mask_update_every, sdgf_k=s.sdgf_k,
+      sdgf_stages=tuple(s.sdgf_stages) if s.get("sdgf_stages") else None)
+
+
+def _vit_problems(config) -> list[str]:
+  """Loss, mixing, precision and input-worker fields of an image config."""
+  problems = []
+  loss = config.get("loss", "softmax_xent")
+  if loss not in LOSSES:
+    problems.append(f"config.loss={loss!r}: one of {LOSSES}")
+  smoothing = config.get("label_smoothing", 0.0)
+  if not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
+    problems.append(f"config.label_smoothing={smoothing!r}: must be in [0, 1)")
+  if config.get("mixup") is not None:
+    from pgf.data.mixup import MixSpec  # pylint: disable=g-import-not-at-top
+    try:
+      problems.extend(MixSpec(**config.mixup.to_dict()).problems())
+    except TypeError as e:
+      problems.append(f"config.mixup: {e}")
+  dtype = config.model.get("dtype", "float32")
+  if dtype not in COMPUTE_DTYPES:
+    problems.append(f"config.model.dtype={dtype!r}: one of {COMPUTE_DTYPES} (params and "
+                    "optimizer state stay float32; this is the compute dtype)")
+  workers = config.data.get("workers", -1)
+  if not isinstance(workers, int) or workers < -1:
+    problems.append(f"config.data.workers={workers!r}: an int >= 0, or -1 for one per core")
+  return problems
 
 
 def validate(config, process_count: int = 1, device_count: int = 1,
@@ -189,10 +243,10 @@ def validate(config, process_count: int = 1, device_count: int = 1,
   if model_name == "vit":
     need(config.data.name in IMAGE_DATASETS,
          f"config.data.name={config.data.name!r}: one of {IMAGE_DATASETS}")
+    problems.extend(_vit_problems(config))
   elif model_name == "t5":
     problems.extend(_t5_problems(config))
   try:
-    from pgf.train import build_recipe  # pylint: disable=g-import-not-at-top
     build_recipe(config, steps if isinstance(steps, int) and steps > 0 else 100_000)
   except ValueError as e:
     problems.extend("config.sparsity: " + line.strip(" -") for line in

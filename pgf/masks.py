@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["nm_mask", "normalize_axes", "grouped_length", "parse_nm"]
+__all__ = ["nm_mask", "is_nm", "normalize_axes", "grouped_length", "parse_nm"]
 
 # Above this group size the all-pairs count (O(m) work per element) loses to selecting
 # min(n, m - n) entries one at a time when that number is small.
@@ -301,3 +301,16 @@ def nm_mask(x: jax.Array, n, m: int, axis=0) -> jax.Array:
   if perm is not None:
     mask = jnp.transpose(mask, np.argsort(perm))
   return mask
+
+
+def is_nm(mask: jax.Array, n: int, m: int, axis=0) -> jax.Array:
+  """Whether a bool `mask` keeps exactly `n` in every group of `m` along `axis` (bool scalar,
+  traceable): the check that a stored or exported mask is at the pattern n:m."""
+  mask = jnp.asarray(mask)
+  axes = normalize_axes(mask.shape, axis)
+  length = math.prod(mask.shape[a] for a in axes)
+  if length % m:
+    return jnp.bool_(False)
+  rest = tuple(a for a in range(mask.ndim) if a not in axes)
+  grouped = jnp.transpose(mask, axes + rest).reshape(length // m, m, -1)
+  return jnp.all(jnp.sum(grouped.astype(jnp.int32), axis=1) == n)

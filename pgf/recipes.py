@@ -21,12 +21,13 @@ import math
 import re
 from typing import Any, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from pgf.masks import parse_nm
 
-__all__ = ["Recipe", "Rule", "METHODS", "MDGF_DECAYS", "SDGF_SCHEDULES"]
+__all__ = ["Recipe", "Rule", "METHODS", "MDGF_DECAYS", "SDGF_SCHEDULES", "as_step"]
 
 MDGF_DECAYS = ("mdgf_linear", "mdgf_exp", "mdgf_cosine")
 SDGF_SCHEDULES = ("sdgf_stepwise", "sdgf_geometric", "sdgf_custom")
@@ -45,22 +46,32 @@ class Rule:
     pattern: regular expression matched against the whole path, e.g.
       r"encoder/encoderblock_\\d+/mlp/fc[12]/kernel".
     n, m: the target pattern (keep n of every m).
-    axis: the contracting axis of the kernel (int or tuple of axes flattened in order).
+    axis: the contracting axis of the kernel (int or tuple of axes flattened in order). None
+      (the default) means axis 0 for a 2-D kernel (in, out) and is an error for leaves of rank
+      >= 3, whose layout is ambiguous: (in, heads, head_dim) wants 0, a stacked (layers, in,
+      out) kernel from `nn.scan` wants 1, (heads, head_dim, out) wants (0, 1), conv HWIO
+      wants 2 or (0, 1, 2).
+    allow_1d: a rule matching a 1-D leaf (bias, norm scale) is an error unless this is True,
+      because broad patterns such as r"fc1/.*" match biases by accident.
     stages: optional SDGF stage list ((n, m), ...) for this rule (method "sdgf_custom").
   """
   pattern: str
   n: int
   m: int
-  axis: int | tuple[int, ...] = 0
+  axis: int | tuple[int, ...] | None = None
   stages: tuple[tuple[int, int], ...] | None = None
+  allow_1d: bool = False
 
   @property
   def nm(self) -> str:
     return f"{self.n}:{self.m}"
 
 
+RULE_OPTIONS = ("axis", "stages", "allow_1d")
+
+
 def _as_rule(spec: Any, index: int, problems: list[str]) -> Rule | None:
-  """Accepts Rule, (regex, "N:M"), (regex, "N:M", axis) or (regex, "N:M", {axis, stages})."""
+  """Accepts Rule, (regex, "N:M"), (regex, "N:M", axis) or (regex, "N:M", {options})."""
   where = f"rules[{index}]"
   if isinstance(spec, Rule):
     return spec
@@ -72,9 +83,10 @@ def _as_rule(spec: Any, index: int, problems: list[str]) -> Rule | None:
   options = spec[2] if len(spec) == 3 else {}
   if not isinstance(options, dict):
     options = {"axis": options}
-  unknown = set(options) - {"axis", "stages"}
+  unknown = set(options) - set(RULE_OPTIONS)
   if unknown:
-    problems.append(f"{where}: unknown rule options {sorted(unknown)} (use 'axis', 'stages')")
+    problems.append(f"{where}: unknown rule options {sorted(unknown)} (use one of "
+                    f"{', '.join(map(repr, RULE_OPTIONS))})")
   try:
     n, m = parse_nm(nm)
   except (ValueError, TypeError):
@@ -87,10 +99,14 @@ def _as_rule(spec: Any, index: int, problems: list[str]) -> Rule | None:
     except (ValueError, TypeError):
       problems.append(f"{where}: stages {stages!r} must be a sequence of 'N:M' strings")
       stages = None
-  axis = options.get("axis", 0)
+  axis = options.get("axis")
   if isinstance(axis, list):
     axis = tuple(axis)
-  return Rule(pattern, n, m, axis, stages)
+  allow_1d = options.get("allow_1d", False)
+  if not isinstance(allow_1d, bool):
+    problems.append(f"{where}: allow_1d={allow_1d!r} must be True or False")
+    allow_1d = False
+  return Rule(pattern, n, m, axis, stages, allow_1d)
 
 
 def _check_nm(n: int, m: int, where: str, problems: list[str]) -> None:
@@ -102,7 +118,11 @@ def _check_nm(n: int, m: int, where: str, problems: list[str]) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-  """A Progressive Gradient Flow recipe (see DESIGN.md, "The method, precisely").
+  """A Progressive Gradient Flow recipe: which leaves, which N:M, which method and schedule.
+
+  The forward weights are W~ = W ⊙ (Phi + D(step)·(1 − Phi)), Phi the N:M mask of |W| at the
+  pattern in force; docs/method.md tabulates D, the pattern and the gradient per method and
+  phase.
 
   Attributes:
     method: "dense", "ste", "sr_ste", "mdgf_linear", "mdgf_exp", "mdgf_cosine",
@@ -110,7 +130,8 @@ class Recipe:
       schedule as "mdgf_exp+sdgf_geometric": the pattern follows the SDGF stages while the
       positions pruned at the current stage are scaled by the MDGF decay D(j).
     rules: ((regex, "N:M"), ...) or pgf.Rule objects; a third tuple entry gives the axis (int
-      or tuple) or a dict {"axis": ..., "stages": ("8:16", "4:16", ...)}. First match wins.
+      or tuple) or a dict {"axis": ..., "stages": ("8:16", "4:16", ...), "allow_1d": bool}.
+      First match wins. Leaves of rank >= 3 need an explicit axis (see `Rule`).
     total_steps: number of training steps the schedules span.
     dense_fraction: fraction of steps trained dense first (the paper finds a short one
       essential).
@@ -169,9 +190,11 @@ class Recipe:
       except (re.error, TypeError) as e:
         problems.append(f"{where}: invalid regex: {e}")
       _check_nm(rule.n, rule.m, where, problems)
-      if not isinstance(rule.axis, (int, tuple)) or isinstance(rule.axis, bool) or (
-          isinstance(rule.axis, tuple) and not all(isinstance(a, int) for a in rule.axis)):
-        problems.append(f"{where}: axis={rule.axis!r} must be an int or a tuple of ints")
+      if rule.axis is not None and (
+          not isinstance(rule.axis, (int, tuple)) or isinstance(rule.axis, bool) or (
+              isinstance(rule.axis, tuple) and not all(
+                  isinstance(a, int) and not isinstance(a, bool) for a in rule.axis))):
+        problems.append(f"{where}: axis={rule.axis!r} must be an int, a tuple of ints or None")
       if rule.stages is not None:
         if sdgf != "sdgf_custom":
           problems.append(f"{where}: per-rule stages need method 'sdgf_custom' (or "
@@ -301,7 +324,7 @@ class Recipe:
 
   def phase(self, step: int) -> str:
     """Phase name at a (concrete) step, for logs."""
-    step = int(step)
+    step = int(as_step(step))
     if self.method == "dense":
       return "dense"
     if step < self.dense_steps:
@@ -317,7 +340,7 @@ class Recipe:
   # ----------------------------------------------------------------------------- schedules
   def decay(self, step):
     """D(j): the scale of pruned weights in the forward pass (float32; jnp, traceable)."""
-    step = jnp.asarray(step, jnp.int32)
+    step = as_step(step)
     if self.method == "dense":
       return jnp.float32(1.0)
     t = (step - self.dense_steps).astype(jnp.float32)
@@ -364,7 +387,7 @@ class Recipe:
     """Index into `stages(rule)` at `step` (int32, traceable): equal intervals over the
     middle phase; the last stage continues through fine-tuning."""
     count = len(self.stages(rule))
-    step = jnp.asarray(step, jnp.int32)
+    step = as_step(step)
     if count == 1:
       return jnp.zeros((), jnp.int32)
     t = step - self.dense_steps
@@ -397,10 +420,40 @@ class Recipe:
     """A JSON-friendly description (for saving next to checkpoints)."""
     out = dataclasses.asdict(self)
     out["rules"] = [
-        {"pattern": r.pattern, "nm": r.nm, "axis": r.axis,
+        {"pattern": r.pattern, "nm": r.nm, "axis": r.axis, "allow_1d": r.allow_1d,
          "stages": None if r.stages is None else [f"{a}:{b}" for a, b in r.stages]}
         for r in self.rules]
     return out
+
+  @classmethod
+  def from_dict(cls, data: dict[str, Any]) -> "Recipe":
+    """The recipe `to_dict` described, e.g. a run's saved recipe.json after `json.load`."""
+    if not isinstance(data, dict):
+      raise TypeError(f"Recipe.from_dict expects a dict, got {type(data).__name__}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - fields
+    if unknown:
+      raise ValueError(f"recipe dict has unknown fields {sorted(unknown)} "
+                       f"(known: {sorted(fields)})")
+    kwargs = dict(data)
+    rules = []
+    for i, rule in enumerate(kwargs.get("rules", ())):
+      if isinstance(rule, dict):
+        if "pattern" not in rule or "nm" not in rule:
+          raise ValueError(f"recipe rules[{i}]={rule!r}: needs 'pattern' and 'nm'")
+        options = {k: rule[k] for k in RULE_OPTIONS if rule.get(k) is not None}
+        if isinstance(options.get("axis"), list):
+          options["axis"] = tuple(options["axis"])
+        if options.get("stages"):
+          options["stages"] = tuple(options["stages"])
+        rule = (rule["pattern"], rule["nm"], options)
+      elif isinstance(rule, list):
+        rule = tuple(rule)
+      rules.append(rule)
+    kwargs["rules"] = tuple(rules)
+    if kwargs.get("sdgf_stages") is not None:
+      kwargs["sdgf_stages"] = tuple(kwargs["sdgf_stages"])
+    return cls(**kwargs)
 
   def rule_for(self, path: str) -> int | None:
     """Index of the first rule whose regex fully matches `path`, or None."""
@@ -408,3 +461,26 @@ class Recipe:
       if re.fullmatch(rule.pattern, path):
         return i
     return None
+
+
+def as_step(step, scalar: bool = False) -> jax.Array:
+  """`step` as int32, refusing what would silently change the schedule.
+
+  A float step (10.7) would be truncated and a bool is a mix-up of arguments: the step must be
+  an integer (Python int, NumPy/JAX integer, traced int). Arrays of steps are allowed for the
+  schedules (plots evaluate them over a range) unless `scalar`.
+  """
+  if isinstance(step, (bool, np.bool_)):
+    raise TypeError(f"step={step!r}: must be an integer, got a bool")
+  if isinstance(step, (int, np.integer)):
+    return jnp.asarray(step, jnp.int32)
+  dtype, shape = getattr(step, "dtype", None), getattr(step, "shape", None)
+  if dtype is None or shape is None:
+    raise TypeError(f"step={step!r} ({type(step).__name__}): must be an integer step count, "
+                    "e.g. pgf.step_from_state(opt_state)")
+  if not jnp.issubdtype(dtype, jnp.integer):
+    raise TypeError(f"step has dtype {dtype}: must be an integer (a float step would be "
+                    "truncated); pass pgf.step_from_state(opt_state)")
+  if scalar and tuple(shape) != ():
+    raise TypeError(f"step has shape {tuple(shape)}: must be a scalar")
+  return jnp.asarray(step).astype(jnp.int32)

@@ -13,11 +13,11 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from pgf.masks import normalize_axes, nm_mask
-from pgf.recipes import Recipe, Rule
+from pgf.masks import is_nm, normalize_axes, nm_mask
+from pgf.recipes import Recipe, Rule, as_step
 
 __all__ = ["sparsify", "finalize", "leaf_path", "match_leaves", "check_params",
-           "current_masks", "straight_through"]
+           "current_masks", "target_masks", "straight_through", "unwrap_variables"]
 
 Masks = Mapping[str, jax.Array]
 
@@ -39,8 +39,26 @@ def leaf_path(key_path) -> str:
   return "/".join(names)
 
 
+def check_recipe(recipe, fn: str, params=None) -> None:
+  """TypeError unless `recipe` is a pgf.Recipe (names the swapped-arguments mistake)."""
+  if isinstance(recipe, Recipe):
+    return
+  hint = (" (the params and the recipe are swapped: the params come first)"
+          if isinstance(params, Recipe) else "")
+  raise TypeError(f"pgf.{fn}(params, recipe, ...): `recipe` must be a pgf.Recipe, got "
+                  f"{type(recipe).__name__}{hint}")
+
+
+def rule_axis(rule: Rule, shape) -> int | tuple[int, ...]:
+  """The grouping axis of `rule` for a leaf of `shape` (None resolves to 0 for rank <= 2).
+
+  `check_params` has already refused the shapes where None is ambiguous (rank >= 3)."""
+  return 0 if rule.axis is None else rule.axis
+
+
 def match_leaves(params, recipe: Recipe) -> dict[str, tuple[int, tuple[int, ...]]]:
   """{path: (rule index, shape)} for every array leaf some rule matches."""
+  check_recipe(recipe, "match_leaves", params)
   matched = {}
   for key_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     path = leaf_path(key_path)
@@ -50,16 +68,40 @@ def match_leaves(params, recipe: Recipe) -> dict[str, tuple[int, tuple[int, ...]
   return matched
 
 
+_AXIS_CHOICES = ("0 for attention Q/K/V (in, heads, head_dim); 1 for a stacked (layers, in, out) "
+                 "kernel from nn.scan; (0, 1) for (heads, head_dim, out); 2 or (0, 1, 2) for a "
+                 "conv kernel HWIO")
+
+
+def _rank_problem(path: str, index: int, rule: Rule, shape) -> str | None:
+  where = f"{path} shape {shape}: rules[{index}] {rule.pattern!r}"
+  if len(shape) == 0:
+    return f"{where} matches a scalar, which has no axis to group; tighten the regex"
+  if len(shape) == 1 and not rule.allow_1d:
+    return (f"{where} matches a 1-D leaf (a bias or norm scale?), which would be pruned; "
+            "tighten the regex (e.g. end it in /kernel) or opt in with "
+            "(regex, 'N:M', {'allow_1d': True})")
+  if len(shape) >= 3 and rule.axis is None:
+    return (f"{where} matches a rank-{len(shape)} leaf, whose grouping axis is ambiguous: "
+            f"give the rule an axis, e.g. (regex, '{rule.nm}', {{'axis': 1}}); usual choices: "
+            f"{_AXIS_CHOICES}")
+  return None
+
+
 def check_params(params, recipe: Recipe, allow_unmatched_rules: bool = False) -> dict:
   """Checks that the recipe fits the params before anything is compiled.
 
   Every rule must match at least one leaf (a rule that matches nothing is almost always a typo
-  in the regex), and each matched leaf's grouped axis length must be divisible by the M of
-  every stage the rule goes through. All problems are reported in one ValueError.
+  in the regex) unless `allow_unmatched_rules` (e.g. sparsifying one subtree with a recipe for
+  the whole model); a matched leaf must be a matrix or, with an explicit axis, a higher-rank
+  kernel (1-D leaves only with `allow_1d`); and each matched leaf's grouped axis length must
+  be divisible by the M of every stage the rule goes through. All problems are reported in one
+  ValueError.
 
   Returns:
     {path: (rule index, shape)} of the matched leaves.
   """
+  check_recipe(recipe, "check_params", params)
   matched = match_leaves(params, recipe)
   problems = []
   used = {index for index, _ in matched.values()}
@@ -70,8 +112,13 @@ def check_params(params, recipe: Recipe, allow_unmatched_rules: bool = False) ->
                         f"like {_example_paths(params)})")
   for path, (index, shape) in matched.items():
     rule = recipe.rules[index]
+    problem = _rank_problem(path, index, rule, shape)
+    if problem:
+      problems.append(problem)
+      continue
+    axis = rule_axis(rule, shape)
     try:
-      axes = normalize_axes(shape, rule.axis)
+      axes = normalize_axes(shape, axis)
     except ValueError as e:
       problems.append(f"{path} (rules[{index}] {rule.pattern!r}): {e}")
       continue
@@ -80,7 +127,7 @@ def check_params(params, recipe: Recipe, allow_unmatched_rules: bool = False) ->
       if length % m:
         hint = " (lower sdgf_k)" if recipe.sdgf == "sdgf_geometric" and m != rule.m else ""
         problems.append(f"{path} shape {shape}: rules[{index}] '{n}:{m}' needs the length "
-                        f"{length} of axis {rule.axis!r} to be divisible by {m}{hint}")
+                        f"{length} of axis {axis!r} to be divisible by {m}{hint}")
   if problems:
     raise ValueError("pgf recipe does not fit these params:\n  - " + "\n  - ".join(problems))
   return matched
@@ -97,11 +144,11 @@ def _stage_mask(w: jax.Array, recipe: Recipe, rule: Rule, stage) -> jax.Array:
   ms = sorted({m for _, m in stages})
   ns = jnp.asarray([n for n, _ in stages], jnp.int32)
   n = ns[stage]
+  axis = rule_axis(rule, w.shape)
   if len(ms) == 1:
-    return nm_mask(w, n, ms[0], rule.axis)
+    return nm_mask(w, n, ms[0], axis)
   branch = jnp.asarray([ms.index(m) for _, m in stages], jnp.int32)[stage]
-  return jax.lax.switch(branch, [lambda w, n, m=m: nm_mask(w, n, m, rule.axis) for m in ms],
-                        w, n)
+  return jax.lax.switch(branch, [lambda w, n, m=m: nm_mask(w, n, m, axis) for m in ms], w, n)
 
 
 def _pattern_changed(recipe: Recipe, rule: Rule, step) -> jax.Array:
@@ -116,13 +163,13 @@ def refresh_due(recipe: Recipe, rule: Rule, step) -> jax.Array:
   """Whether masks are recomputed from |W| at `step` (always, unless mask_update_every > 1)."""
   if recipe.mask_update_every == 1:
     return jnp.bool_(True)
-  step = jnp.asarray(step, jnp.int32)
+  step = as_step(step)
   return (step % recipe.mask_update_every == 0) | _pattern_changed(recipe, rule, step)
 
 
 def leaf_mask(w: jax.Array, recipe: Recipe, rule: Rule, step, stored=None) -> jax.Array:
   """The mask Phi in force for one leaf at `step` (the stored one between refreshes)."""
-  step = jnp.asarray(step, jnp.int32)
+  step = as_step(step)
   compute = lambda: _stage_mask(jax.lax.stop_gradient(w), recipe, rule,
                                 recipe.stage_index(rule, step))
   if stored is None or recipe.mask_update_every == 1:
@@ -158,29 +205,76 @@ def _map_matched(fn, params, recipe: Recipe):
   return jax.tree_util.tree_map_with_path(visit, params)
 
 
-def sparsify(params, recipe: Recipe, step, masks: Masks | None = None):
+def _is_nnx_variable(x) -> bool:
+  # Duck-typed so that the core does not import flax.
+  return any(c.__name__ == "Variable" and c.__module__.startswith("flax.")
+             for c in type(x).__mro__)
+
+
+def unwrap_variables(tree):
+  """`tree` with Flax NNX Variables (e.g. `nnx.Optimizer`'s OptArray) replaced by their arrays."""
+  return jax.tree.map(lambda x: x.get_value() if _is_nnx_variable(x) else x, tree,
+                      is_leaf=_is_nnx_variable)
+
+
+def _checked_masks(masks, matched, fn: str, subtree: bool = False) -> dict | None:
+  """The stored masks as a plain {path: array} dict, refusing ones that do not fit."""
+  if masks is None:
+    return None
+  masks = unwrap_variables(masks)
+  if not isinstance(masks, Mapping):
+    raise TypeError(f"pgf.{fn}: masks must be the {{path: mask}} dict from "
+                    f"pgf.masks_from_state(opt_state), got {type(masks).__name__}")
+  missing = sorted(set(matched) - set(masks))
+  extra = [] if subtree else sorted(set(masks) - set(matched))
+  wrong = sorted(p for p in set(matched) & set(masks)
+                 if tuple(getattr(masks[p], "shape", ())) != matched[p][1])
+  if missing or extra or wrong:
+    raise ValueError(
+        f"pgf.{fn}: the masks do not belong to these params and this recipe (was "
+        f"pgf.gradient_flow given a different recipe?): "
+        + "; ".join(f"{what} {paths[:3]}{' ...' if len(paths) > 3 else ''}"
+                    for what, paths in (("no mask for", missing), ("masks for unmatched", extra),
+                                        ("wrong shape at", wrong)) if paths))
+  return dict(masks)
+
+
+def sparsify(params, recipe: Recipe, step, masks: Masks | None = None, *,
+             allow_unmatched_rules: bool = False):
   """Forward weights W ⊙ (Phi + D(step)·(1 − Phi)) with a straight-through gradient to W.
 
   Args:
     params: any params pytree (Flax linen `variables["params"]`, an NNX `nnx.State`, a dict).
-    recipe: the pgf.Recipe.
-    step: the training step (Python int or traced int32 scalar: the step is data, so a jitted
-      train step compiles once for the whole run).
-    masks: required when `recipe.mask_update_every > 1`:
+    recipe: the pgf.Recipe, the same one given to `pgf.gradient_flow`.
+    step: the training step as an integer (Python int or int32 scalar, possibly traced: the
+      step is data, so a jitted train step compiles once for the whole run). Pass
+      `pgf.step_from_state(opt_state)`: it counts optimizer updates, which is what the
+      schedules count (under `optax.MultiSteps`, real updates, not micro-steps).
+    masks: required when `recipe.mask_update_every > 1`, refused otherwise:
       `pgf.masks_from_state(opt_state)` gives the masks the optimizer state holds.
+    allow_unmatched_rules: sparsify a subtree with a recipe that also has rules for leaves
+      outside it.
 
   Returns:
     A pytree like `params` whose matched leaves are the effective (sparsified) weights.
     `jax.grad` through it yields dL/dW~ for matched leaves, which `pgf.gradient_flow` turns into
     the method's gradient.
   """
+  check_recipe(recipe, "sparsify", params)
+  step = as_step(step, scalar=True)
   if recipe.method == "dense":
     return params
   if recipe.mask_update_every > 1 and masks is None:
     raise ValueError(
         f"Recipe.mask_update_every={recipe.mask_update_every} keeps masks in the optimizer "
         "state: call pgf.sparsify(params, recipe, step, masks=pgf.masks_from_state(opt_state))")
-  check_params(params, recipe)
+  if recipe.mask_update_every == 1 and masks is not None:
+    raise ValueError(
+        "pgf.sparsify got masks= but recipe.mask_update_every == 1, so masks are recomputed "
+        "from |W| every step and would be ignored; drop masks=, or give sparsify the same "
+        "recipe (with its mask_update_every) as pgf.gradient_flow")
+  matched = check_params(params, recipe, allow_unmatched_rules)
+  masks = _checked_masks(masks, matched, "sparsify", allow_unmatched_rules)
   decay = recipe.decay(step)
 
   def apply(path, w, rule):
@@ -192,8 +286,13 @@ def sparsify(params, recipe: Recipe, step, masks: Masks | None = None):
   return _map_matched(apply, params, recipe)
 
 
-def current_masks(params, recipe: Recipe, step, masks: Masks | None = None) -> dict[str, Any]:
+def current_masks(params, recipe: Recipe, step, masks: Masks | None = None, *,
+                  allow_unmatched_rules: bool = False) -> dict[str, Any]:
   """{path: bool mask Phi} in force at `step` (for logging and analysis)."""
+  check_recipe(recipe, "current_masks", params)
+  step = as_step(step, scalar=True)
+  matched = check_params(params, recipe, allow_unmatched_rules)
+  masks = _checked_masks(masks, matched, "current_masks", allow_unmatched_rules)
   out = {}
 
   def record(path, w, rule):
@@ -205,17 +304,52 @@ def current_masks(params, recipe: Recipe, step, masks: Masks | None = None) -> d
   return out
 
 
-def finalize(params, recipe: Recipe):
+def target_masks(params, recipe: Recipe, masks: Masks | None = None, *,
+                 allow_unmatched_rules: bool = False) -> dict[str, jax.Array]:
+  """{path: bool Phi_target}: the masks `finalize` applies (see there)."""
+  check_recipe(recipe, "finalize", params)
+  matched = check_params(params, recipe, allow_unmatched_rules)
+  masks = _checked_masks(masks, matched, "finalize", allow_unmatched_rules)
+  out = {}
+
+  def record(path, w, rule):
+    axis = rule_axis(rule, w.shape)
+    fresh = nm_mask(jax.lax.stop_gradient(w), rule.n, rule.m, axis)
+    if masks is None:
+      out[path] = fresh
+    else:
+      stored = jnp.asarray(masks[path], bool)
+      out[path] = jnp.where(is_nm(stored, rule.n, rule.m, axis), stored, fresh)
+    return w
+
+  _map_matched(record, params, recipe)
+  return out
+
+
+def finalize(params, recipe: Recipe, masks: Masks | None = None, *,
+             allow_unmatched_rules: bool = False):
   """Hard N:M at every rule's target pattern: what you evaluate and deploy.
 
   Matched leaves become W ⊙ Phi_target (exact zeros elsewhere); everything else is unchanged.
   Applies to every method, including "dense" (a one-shot magnitude prune).
+
+  Args:
+    params: the dense params W.
+    recipe: the pgf.Recipe.
+    masks: the masks the model was trained with, `pgf.masks_from_state(opt_state)`, when
+      `recipe.mask_update_every > 1`. Between refreshes the forward pass uses those stored
+      masks, not the masks of the current |W| (the optimizer has moved W since the last
+      refresh), so recomputing would deploy a model that was never trained: always pass them.
+      A stored mask is deployed as is when it is at the target N:M (the last refresh was at
+      the target pattern, which holds from the fine-tune phase on, and in the last SDGF stage);
+      a stored mask at an earlier, denser stage (finalize called mid-training) is replaced by
+      the target mask of |W|. Without `masks`, Phi_target is computed from |W|, which is the
+      forward's mask exactly when masks are refreshed every step.
+    allow_unmatched_rules: as in `sparsify`.
   """
-  check_params(params, recipe)
-  return _map_matched(
-      lambda path, w, rule: jnp.where(nm_mask(w, rule.n, rule.m, rule.axis), w,
-                                      jnp.zeros_like(w)),
-      params, recipe)
+  phis = target_masks(params, recipe, masks, allow_unmatched_rules=allow_unmatched_rules)
+  return _map_matched(lambda path, w, rule: jnp.where(phis[path], w, jnp.zeros_like(w)),
+                      params, recipe)
 
 
 def match_summary(params, recipe: Recipe) -> str:
@@ -224,6 +358,7 @@ def match_summary(params, recipe: Recipe) -> str:
   lines = []
   for i, rule in enumerate(recipe.rules):
     shapes = [shape for index, shape in matched.values() if index == i]
-    lines.append(f"{rule.pattern!r} {rule.nm} axis={rule.axis}: {len(shapes)} leaves, "
+    axis = "auto (0 for 2-D)" if rule.axis is None else rule.axis
+    lines.append(f"{rule.pattern!r} {rule.nm} axis={axis}: {len(shapes)} leaves, "
                  f"{sum(math.prod(s) for s in shapes):,} weights")
   return "\n".join(lines)

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pgf.tasks import Task
+from pgf.task_base import Task
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,18 @@ def _allgather_sum(values: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- the task
+def t5_model(config, vocab_size: int):
+  """The T5 of `config.model` (no data needed: also for abstract params, e.g. size reports)."""
+  from pgf.models import t5  # pylint: disable=g-import-not-at-top
+  m = config.model
+  sizes = {k: m.get(k) for k in t5.VARIANTS["base"] if m.get(k) is not None}
+  return t5.T5(t5.get_config(
+      m.variant, vocab_size, dropout_rate=m.get("dropout_rate", 0.0),
+      logits_via_embedding=m.get("logits_via_embedding", False),
+      dtype=jnp.dtype(m.get("dtype", "float32")),
+      **sizes))
+
+
 def seq2seq_task(config, process_index: int = 0, process_count: int = 1) -> Task:
   """T5 v1.1 on `config.data.name` (see module docstring) as a `pgf.tasks.Task`."""
   from pgf.data.tokenizers import ByteTokenizer  # pylint: disable=g-import-not-at-top
@@ -168,13 +180,7 @@ def seq2seq_task(config, process_index: int = 0, process_count: int = 1) -> Task
   kind = dataset_kind(config.data.name)
   tokenizer = build_tokenizer(config.data)
   source = build_text_source(config, tokenizer, process_index, process_count)
-  m = config.model
-  sizes = {k: m.get(k) for k in t5.VARIANTS["base"] if m.get(k) is not None}
-  model = t5.T5(t5.get_config(
-      m.variant, model_vocab_size(config, tokenizer), dropout_rate=m.get("dropout_rate", 0.0),
-      logits_via_embedding=m.get("logits_via_embedding", False),
-      dtype=jnp.dtype(m.get("dtype", "float32")),
-      **sizes))
+  model = t5_model(config, model_vocab_size(config, tokenizer))
   if kind != "span_corruption" and not config.get("init_from"):
     log.warning("config.init_from is empty: fine-tuning %s from a random init (the paper's "
                 "protocol starts from a dense span-corruption pre-training workdir).",

@@ -29,6 +29,7 @@ import optax
 import pgf
 from pgf import config_lib
 from pgf import multihost
+from pgf.config_lib import build_recipe  # noqa: F401  (re-exported: tests and tools use it)
 from pgf import sharding as sharding_lib
 from pgf.checkpointing import Checkpointer
 from pgf.metric_writer import MetricWriter
@@ -57,17 +58,6 @@ def steps_of(config, task: Task, steps_key: str, epochs_key: str) -> int:
   return int(round(epochs * num_train_examples(task) / config.batch_size))
 
 
-def build_recipe(config, total_steps: int) -> pgf.Recipe:
-  s = config.sparsity
-  return pgf.Recipe(
-      method=s.method, rules=tuple(tuple(r) for r in s.rules), total_steps=total_steps,
-      dense_fraction=s.dense_fraction, finetune_fraction=s.finetune_fraction,
-      decay_coefficient=s.get("decay_coefficient"), decay_end_fraction=s.decay_end_fraction,
-      gradient=s.gradient, sr_ste_lambda=s.sr_ste_lambda,
-      mask_update_every=s.mask_update_every, sdgf_k=s.sdgf_k,
-      sdgf_stages=tuple(s.sdgf_stages) if s.get("sdgf_stages") else None)
-
-
 def learning_rate(config) -> float:
   """Peak lr: `optim.lr` is given at `optim.reference_batch` and scaled linearly with the
   global batch actually used (the paper's 1e-3 is at 4096 = 256 x 16 GPUs)."""
@@ -90,17 +80,17 @@ def build_optimizer(config, recipe: pgf.Recipe, total_steps: int, warmup_steps: 
     raise ValueError(f"config.optim.schedule={config.optim.schedule!r}: 'cosine' or 'constant'")
   # Weight decay on matrices only (not biases, norms, position embeddings' 1-d leaves).
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-  parts = [pgf.gradient_flow(recipe)]
+  parts = []
   if config.optim.get("grad_clip"):
     parts.append(optax.clip_by_global_norm(config.optim.grad_clip))
   parts.append(optax.adamw(schedule, b1=config.optim.b1, b2=config.optim.b2,
                            weight_decay=config.optim.weight_decay, mask=decay_mask))
-  return optax.chain(*parts), schedule
+  return pgf.optimizer(recipe, *parts), schedule
 
 
-def matched_sparsity(params, recipe: pgf.Recipe, step):
+def matched_sparsity(params, recipe: pgf.Recipe, step, masks=None):
   """Fraction of exact zeros among the sparsified weights (what the model really sees)."""
-  effective = pgf.sparsify(params, recipe, step)
+  effective = pgf.sparsify(params, recipe, step, masks)
   matched = pgf.match_leaves(params, recipe)
   zeros, total = 0.0, 0
   for key_path, leaf in jax.tree_util.tree_flatten_with_path(effective)[0]:
@@ -263,16 +253,17 @@ def _train_and_evaluate(config, workdir: str, stop: dict[str, Any]) -> dict[str,
                                out_shardings=replicated)
   effective_fn = sharding_lib.jit(lambda params, opt_state, step: pgf.sparsify(
       params, recipe, step, masks=_masks(opt_state, recipe)), mesh, out_shardings=param_shardings)
-  finalize_fn = sharding_lib.jit(lambda params: pgf.finalize(params, recipe), mesh,
-                                 out_shardings=param_shardings)
-  sparsity_fn = sharding_lib.jit(lambda params, step: matched_sparsity(params, recipe, step),
-                                 mesh, out_shardings=replicated)
+  # Deployed = the masks the forward pass used (stored ones when mask_update_every > 1).
+  finalize_fn = sharding_lib.jit(lambda params, opt_state: pgf.finalize(
+      params, recipe, masks=_masks(opt_state, recipe)), mesh, out_shardings=param_shardings)
+  sparsity_fn = sharding_lib.jit(lambda params, opt_state, step: matched_sparsity(
+      params, recipe, step, _masks(opt_state, recipe)), mesh, out_shardings=replicated)
 
   def evaluate(state) -> dict[str, float]:
     step = state["step"]
     out = {}
     for kind, params in (("current", effective_fn(state["params"], state["opt_state"], step)),
-                         ("deployed", finalize_fn(state["params"]))):
+                         ("deployed", finalize_fn(state["params"], state["opt_state"]))):
       sums = None
       for batch in task.eval_batches():
         batch_sums = eval_step(params, sharding_lib.global_batch(
@@ -322,7 +313,7 @@ def _train_and_evaluate(config, workdir: str, stop: dict[str, Any]) -> dict[str,
         _check_finite(pending, checkpointer)
       if log_now:
         # Jitted on global arrays, so every process computes it; only process 0 writes.
-        sparsity = float(sparsity_fn(state["params"], jnp.int32(step - 1)))
+        sparsity = float(sparsity_fn(state["params"], state["opt_state"], jnp.int32(step - 1)))
         now = time.time()
         rate = (step - step_last) / max(now - t_last, 1e-9)
         t_last, step_last = now, step

@@ -2,7 +2,7 @@
 
 `pgf.sparsify` gives the model W~ = W ⊙ (Phi + D(1 − Phi)) with a straight-through backward,
 so `jax.grad` yields g = dL/dW~ for every sparsified leaf. This transform turns g into the
-method's gradient (DESIGN.md, "The method, precisely"):
+method's gradient (docs/method.md has the full table per method and phase):
 
   dense phase, method "dense"     g
   ste, sdgf_*                     g                              (straight-through)
@@ -10,7 +10,11 @@ method's gradient (DESIGN.md, "The method, precisely"):
   mdgf_* with gradient="decayed"  g ⊙ (Phi + D (1 − Phi))        (D = 0 in fine-tuning)
   mdgf_* with gradient="ste"      g
 
-Place it first in the chain, on raw gradients: `optax.chain(pgf.gradient_flow(r), adamw)`.
+It must see raw gradients: SR-STE's term is a gradient term, so after Adam (which has already
+scaled and negated the update) it would make pruned weights grow instead of decay.
+`pgf.optimizer(recipe, optax.adamw(...))` builds the chain in the right order;
+`step_from_state` / `masks_from_state` refuse an optimizer state in which gradient_flow comes
+after a rescaling transform (Adam, momentum, a learning-rate schedule, ...).
 """
 
 from __future__ import annotations
@@ -22,10 +26,10 @@ import jax.numpy as jnp
 import optax
 
 from pgf.recipes import Recipe
-from pgf.sparsify import check_params, leaf_mask, leaf_path
+from pgf.sparsify import check_params, check_recipe, leaf_mask, leaf_path, unwrap_variables
 
-__all__ = ["gradient_flow", "GradientFlowState", "GradientFlowMaskState", "masks_from_state",
-           "step_from_state"]
+__all__ = ["gradient_flow", "optimizer", "GradientFlowState", "GradientFlowMaskState",
+           "masks_from_state", "step_from_state"]
 
 
 class GradientFlowState(NamedTuple):
@@ -69,12 +73,11 @@ def gradient_flow(recipe: Recipe) -> optax.GradientTransformation:
   Example:
     >>> recipe = pgf.Recipe(method="mdgf_exp", rules=((r".*/mlp/.*/kernel", "1:16"),),
     ...                     total_steps=10_000)
-    >>> tx = optax.chain(pgf.gradient_flow(recipe), optax.adamw(1e-3))
+    >>> tx = pgf.optimizer(recipe, optax.adamw(1e-3))  # = chain(gradient_flow, adamw)
     >>> opt_state = tx.init(params)
     >>> updates, opt_state = tx.update(grads, opt_state, params)
   """
-  if not isinstance(recipe, Recipe):
-    raise TypeError(f"gradient_flow expects a pgf.Recipe, got {type(recipe).__name__}")
+  check_recipe(recipe, "gradient_flow")
   keep_masks = recipe.mask_update_every > 1
 
   def init_fn(params):
@@ -136,6 +139,81 @@ def gradient_flow(recipe: Recipe) -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def optimizer(recipe: Recipe, *inner: optax.GradientTransformation
+              ) -> optax.GradientTransformation:
+  """`optax.chain(pgf.gradient_flow(recipe), *inner)`: the method first, on raw gradients.
+
+  Args:
+    recipe: the pgf.Recipe (give the same one to `pgf.sparsify`).
+    *inner: the transforms that follow, e.g. `optax.clip_by_global_norm(1.0)`,
+      `optax.adamw(schedule)`. At least one.
+
+  Returns:
+    The chained transformation; its state is `(GradientFlowState, *inner states)`, so
+    `pgf.step_from_state` and `pgf.masks_from_state` find the method's state in it.
+  """
+  check_recipe(recipe, "optimizer")
+  if not inner:
+    raise TypeError("pgf.optimizer(recipe, *inner): give the optimizer that follows, e.g. "
+                    "pgf.optimizer(recipe, optax.adamw(1e-3))")
+  for i, tx in enumerate(inner):
+    if not isinstance(tx, optax.GradientTransformation):
+      raise TypeError(f"pgf.optimizer: inner[{i}] must be an optax.GradientTransformation, got "
+                      f"{type(tx).__name__}")
+  return optax.chain(gradient_flow(recipe), *inner)
+
+
+# optax states of transforms that rescale, accumulate or negate the gradient: gradient_flow
+# after one of them in a chain no longer sees raw gradients. Stateless transforms (constant
+# learning-rate SGD, optax.scale) leave no trace in the state and cannot be detected.
+_RESCALING_STATE_PREFIXES = ("ScaleBy",)
+_RESCALING_STATES = frozenset({"TraceState", "EmaState", "FactoredState",
+                               "InjectHyperparamsState", "InjectStatefulHyperparamsState"})
+
+
+def _is_rescaling_state(node) -> bool:
+  name = type(node).__name__
+  return isinstance(node, tuple) and (name in _RESCALING_STATES
+                                      or name.startswith(_RESCALING_STATE_PREFIXES))
+
+
+def _child(node, key):
+  """The child of `node` under one jax key-path entry, or raise LookupError."""
+  for attr, get in (("idx", lambda k: node[k.idx]), ("key", lambda k: node[k.key]),
+                    ("name", lambda k: getattr(node, k.name))):
+    if hasattr(key, attr):
+      try:
+        return get(key)
+      except (KeyError, IndexError, TypeError, AttributeError) as e:
+        raise LookupError(key) from e
+  raise LookupError(key)
+
+
+def _check_chain_order(opt_state, is_state) -> None:
+  """ValueError if, in some optax.chain (a plain tuple of states), gradient_flow's state comes
+  after the state of a rescaling transform."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(opt_state, is_leaf=is_state)
+  for key_path, node in flat:
+    if not is_state(node):
+      continue
+    parent = opt_state
+    for key in key_path:
+      if type(parent) is tuple and hasattr(key, "idx"):  # pylint: disable=unidiomatic-typecheck
+        before = find_nodes(parent[:key.idx], _is_rescaling_state)
+        if before:
+          raise ValueError(
+              "pgf.gradient_flow must come first in the chain, on raw gradients, but it "
+              f"follows {type(before[0]).__name__} (Adam, momentum, a schedule, ...): "
+              "SR-STE's and MDGF's terms would act on already scaled updates, and SR-STE "
+              "would make pruned weights grow. Build the optimizer with "
+              "pgf.optimizer(recipe, optax.adamw(...)), i.e. "
+              "optax.chain(pgf.gradient_flow(recipe), optax.adamw(...)).")
+      try:
+        parent = _child(parent, key)
+      except LookupError:
+        break
+
+
 def find_nodes(tree: Any, predicate) -> list:
   """Every node of `tree` (outermost first) for which `predicate(node)` holds, e.g. the
   states of one transform inside a chained optimizer state."""
@@ -161,11 +239,18 @@ def _single_state(opt_state):
   if len(states) != 1:
     raise ValueError(f"expected exactly one pgf.gradient_flow state in the optimizer state, "
                      f"found {len(states)}")
-  return states[0]
+  _check_chain_order(opt_state, lambda node: isinstance(
+      node, (GradientFlowState, GradientFlowMaskState)))
+  return unwrap_variables(states[0])
 
 
 def masks_from_state(opt_state) -> dict[str, jax.Array]:
-  """The masks held by the gradient_flow state inside a (chained) optimizer state."""
+  """The masks held by the gradient_flow state inside an optimizer state.
+
+  Accepts a chained optax state, one wrapped by `optax.MultiSteps` or
+  `optax.inject_hyperparams`, and Flax NNX's `nnx.Optimizer(...).opt_state` (its Variables are
+  unwrapped to arrays).
+  """
   state = _single_state(opt_state)
   if not isinstance(state, GradientFlowMaskState):
     raise ValueError("this gradient_flow state holds no masks (mask_update_every == 1): "
@@ -174,5 +259,10 @@ def masks_from_state(opt_state) -> dict[str, jax.Array]:
 
 
 def step_from_state(opt_state) -> jax.Array:
-  """The step count of the gradient_flow state (the `step` to give pgf.sparsify)."""
+  """The step count of the gradient_flow state: the `step` to give `pgf.sparsify`.
+
+  It counts the updates the transform has made, which is what the recipe's schedules count.
+  Under `optax.MultiSteps` that is real (accumulated) updates, not micro-steps, so give the
+  recipe `total_steps` in real updates. Accepts the same states as `masks_from_state`.
+  """
   return _single_state(opt_state).count

@@ -123,3 +123,28 @@ def test_cli_exports_a_checkpoint(tmp_path):
       pgf.finalize(jax.tree.map(np.asarray, params), recipe)["mlp"]["fc1"]["kernel"])
   assert set(dense) == {"mlp/fc1/bias"}
   assert json.loads((tmp_path / "export.npz.json").read_text())["step"] == 7
+
+
+def test_export_keeps_the_stored_masks(tmp_path):
+  """A run with mask_update_every > 1 exports the masks it trained with, not those of |W|."""
+  w = jnp.asarray(kernel((32, 8)))
+  params = {"mlp": {"fc1": {"kernel": w}}}
+  recipe = pgf.Recipe(method="ste", rules=((r"mlp/fc1/kernel", "1:4"),), total_steps=10,
+                      mask_update_every=3)
+  tx = pgf.optimizer(recipe, optax.sgd(0.1))
+  opt_state = tx.init(params)
+  # The stored mask: the smallest-magnitude entry of every group, unlike nm_mask(|W|).
+  stored = ~pgf.nm_mask(w, 3, 4, 0)
+  opt_state = (opt_state[0]._replace(masks={"mlp/fc1/kernel": stored}),) + opt_state[1:]
+  workdir = tmp_path / "run"
+  checkpointer = Checkpointer(str(workdir), async_save=False)
+  checkpointer.save(9, {"step": jnp.int32(9), "params": params, "opt_state": opt_state})
+  checkpointer.close()
+  (workdir / "recipe.json").write_text(json.dumps(recipe.to_dict()))
+  export.export_checkpoint(str(workdir), str(tmp_path / "export.npz"))
+  compressed, _ = export.load_npz(str(tmp_path / "export.npz"))
+  np.testing.assert_array_equal(export.decompress(compressed["mlp/fc1/kernel"]),
+                                jnp.where(stored, w, 0.0))
+  np.testing.assert_array_equal(
+      export.decompress(compressed["mlp/fc1/kernel"]),
+      pgf.finalize(params, recipe, masks=pgf.masks_from_state(opt_state))["mlp"]["fc1"]["kernel"])

@@ -15,7 +15,7 @@ FF = (r".*/mlp/.*/kernel", "1:16")
 
 def test_issue_example_constructs_with_defaults():
   recipe = Recipe(method="mdgf_exp", rules=(FF,), total_steps=10_000)
-  assert recipe.rules == (Rule(r".*/mlp/.*/kernel", 1, 16, 0, None),)
+  assert recipe.rules == (Rule(r".*/mlp/.*/kernel", 1, 16, None, None),)
   assert recipe.dense_steps == 500 and recipe.finetune_start == 9000
   with pytest.raises(dataclasses_frozen_error()):
     recipe.total_steps = 5  # frozen

@@ -38,6 +38,7 @@ def test_one_step_on_mock_imagenet(tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
   config = tiny_vit(load_config(os.path.join(ROOT, "configs", "vit_1_16.py")))
   config.data.image_size = 32
+  config.data.workers = 0  # worker processes are tested in test_input_pipeline.py
   config.update(batch_size=4, eval_batch_size=4, total_steps=1)
   config.optim.update(warmup_epochs=0.0, warmup_steps=0)
   with tfds.testing.mock_data(num_examples=8):
@@ -119,3 +120,29 @@ def test_main_rejects_an_override_typo(tmp_path):
   assert result.returncode != 0
   assert "metod" in result.stderr
   assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_deployed_metrics_use_the_stored_masks(tmp_path):
+  """With mask_update_every > 1 the trainer deploys the masks the forward pass used."""
+  from pgf.tasks import build_task  # pylint: disable=g-import-not-at-top
+  config = tiny_vit(load_config(os.path.join(ROOT, "configs", "vit_1_16.py"), "demo"), patch=4)
+  config.update(total_steps=12, log_every=12, eval_every=12, checkpoint_every=12,
+                eval_batch_size=300)
+  config.optim.lr = 3e-2  # moves W between refreshes, so recomputed masks would differ
+  config.sparsity.update(method="sdgf_stepwise", mask_update_every=5, dense_fraction=0.25,
+                         finetune_fraction=0.25)
+  summary = train_and_evaluate(config, str(tmp_path))
+  state, recipe = summary["state"], build_recipe(config, 12)
+  masks = pgf.masks_from_state(state["opt_state"])
+  task = build_task(config)
+
+  def accuracy(params):
+    sums = [jax.device_get(task.eval_fn(params, batch)) for batch in task.eval_batches()]
+    return sum(float(s["accuracy"]) for s in sums) / sum(float(s["count"]) for s in sums)
+
+  stored = pgf.finalize(state["params"], recipe, masks=masks)
+  assert summary["deployed_accuracy"] == pytest.approx(accuracy(stored), abs=1e-6)
+  recomputed = pgf.finalize(state["params"], recipe)
+  differ = [np.any(np.asarray(a) != np.asarray(b)) for a, b in
+            zip(jax.tree.leaves(stored), jax.tree.leaves(recomputed))]
+  assert any(differ)  # the test would catch a trainer that recomputes the masks

@@ -142,7 +142,7 @@ def test_state_is_only_a_count():
 
 
 def test_init_checks_params_before_compiling():
-  recipe = Recipe("ste", rules=((r"nothing/here", "1:2"), (r"layer/bias", "1:4")), **PHASES)
+  recipe = Recipe("ste", rules=((r"nothing/here", "1:2"), (r"layer/bias", "1:4", {"allow_1d": True})), **PHASES)
   with pytest.raises(ValueError) as info:
     pgf.gradient_flow(recipe).init(params())
   message = str(info.value)

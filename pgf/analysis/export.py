@@ -31,7 +31,7 @@ import numpy as np
 
 from pgf.masks import normalize_axes, nm_mask
 from pgf.recipes import Recipe
-from pgf.sparsify import check_params, leaf_path
+from pgf.sparsify import check_params, leaf_path, rule_axis, target_masks
 
 __all__ = ["CompressedNM", "index_dtype", "compress", "decompress", "nm_matmul",
            "compress_params", "save_npz", "load_npz", "size_report", "format_report",
@@ -157,15 +157,21 @@ def nm_matmul(x, c: CompressedNM) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- whole models
-def compress_params(params, recipe: Recipe) -> dict[str, CompressedNM]:
-  """{path: CompressedNM} for every leaf a rule matches, at the rule's target N:M."""
+def compress_params(params, recipe: Recipe, masks=None) -> dict[str, CompressedNM]:
+  """{path: CompressedNM} for every leaf a rule matches, at the rule's target N:M.
+
+  The kept positions are those `pgf.finalize(params, recipe, masks)` keeps: pass the stored
+  masks (`pgf.masks_from_state(opt_state)`) of a run with `mask_update_every > 1`.
+  """
   matched = check_params(params, recipe)
+  phis = target_masks(params, recipe, masks)
   out = {}
   for key_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     path = leaf_path(key_path)
     if path in matched:
       rule = recipe.rules[matched[path][0]]
-      out[path] = compress(np.asarray(leaf), rule.n, rule.m, rule.axis)
+      out[path] = compress(np.asarray(leaf), rule.n, rule.m, rule_axis(rule, leaf.shape),
+                           mask=np.asarray(phis[path]))
   return out
 
 
@@ -267,7 +273,7 @@ def export_checkpoint(workdir: str, out: str, step: int | None = None) -> dict[s
     raise ValueError(f"workdir={workdir!r}: its recipe has no rules, nothing to compress")
   state, step = runs.restore_checkpoint(workdir, step)
   params = jax.tree.map(np.asarray, state["params"])
-  compressed = compress_params(params, recipe)
+  compressed = compress_params(params, recipe, runs.stored_masks(state, recipe))
   save_npz(out, compressed, params)
   report = dict(size_report(compressed, params), workdir=os.path.abspath(workdir), step=step,
                 out=os.path.abspath(out))

@@ -422,7 +422,7 @@ def describe(config, steps: int | None = None, class_token: bool = False,
              target_length: int | None = None) -> str:
   """The text `python -m pgf.analysis.flops` prints for a config."""
   from pgf.analysis.runs import total_steps_from_config  # pylint: disable=g-import-not-at-top
-  from pgf.train import build_recipe  # pylint: disable=g-import-not-at-top
+  from pgf.config_lib import build_recipe  # pylint: disable=g-import-not-at-top
   matmuls = matmuls_from_config(config, class_token, input_length, target_length)
   total_steps = total_steps_from_config(config, steps)
   recipe = build_recipe(config, total_steps)

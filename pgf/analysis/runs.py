@@ -10,7 +10,6 @@ metrics.jsonl is skipped).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -71,27 +70,38 @@ def metric_series(records, key: str) -> tuple[np.ndarray, np.ndarray]:
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:
   """Inverse of `Recipe.to_dict()` (what train.py saves as recipe.json)."""
-  fields = {f.name for f in dataclasses.fields(Recipe)}
-  unknown = set(data) - fields
-  if unknown:
-    raise ValueError(f"recipe dict has unknown fields {sorted(unknown)} (known: {sorted(fields)})")
-  kwargs = dict(data)
-  rules = []
-  for i, rule in enumerate(kwargs.get("rules", ())):
-    if isinstance(rule, dict):
-      if "pattern" not in rule or "nm" not in rule:
-        raise ValueError(f"recipe rules[{i}]={rule!r}: needs 'pattern' and 'nm'")
-      axis = rule.get("axis", 0)
-      options = {"axis": tuple(axis) if isinstance(axis, list) else axis}
-      if rule.get("stages"):
-        options["stages"] = tuple(rule["stages"])
-      rules.append((rule["pattern"], rule["nm"], options))
+  return Recipe.from_dict(data)
+
+
+def stored_masks(state: dict[str, Any], recipe: Recipe) -> dict[str, Any] | None:
+  """The masks the gradient_flow state of a restored train state holds (runs with
+  `mask_update_every > 1`), else None. Works on target-less restores, where the state's
+  NamedTuple comes back as a {"count", "masks"} dict."""
+  if recipe.mask_update_every <= 1:
+    return None
+  found = []
+
+  def visit(node):
+    if isinstance(node, dict):
+      if set(node) == {"count", "masks"}:
+        found.append(node["masks"])
+        return
+      children = node.values()
+    elif isinstance(node, (list, tuple)):
+      if hasattr(node, "masks") and hasattr(node, "count"):
+        found.append(node.masks)
+        return
+      children = node
     else:
-      rules.append(tuple(rule))
-  kwargs["rules"] = tuple(rules)
-  if kwargs.get("sdgf_stages") is not None:
-    kwargs["sdgf_stages"] = tuple(kwargs["sdgf_stages"])
-  return Recipe(**kwargs)
+      return
+    for child in children:
+      visit(child)
+
+  visit(state.get("opt_state"))
+  if len(found) != 1:
+    raise ValueError(f"expected one gradient_flow state with masks in the checkpoint, found "
+                     f"{len(found)}")
+  return found[0]
 
 
 def load_recipe(workdir: str) -> Recipe:

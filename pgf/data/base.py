@@ -12,6 +12,14 @@ Sampling is "without replacement within an epoch": global example position ``g =
 take the tail of one permutation and the head of the next, so no example is dropped or repeated
 within an epoch.
 
+Images leave the host as **uint8** (0..255): a quarter of the bytes of float32 to copy and send to the
+device. Each source carries per-channel ``mean`` and ``std`` on the 0..255 scale, and the task
+normalises on the device inside the jitted step.
+
+``train_batches(start_step)`` iterates ``train_batch(start_step)``, ``train_batch(start_step + 1)``,
+... and must yield exactly those arrays, bit for bit; sources may compute them ahead of time in worker
+processes (``pgf.data.images`` does, with grain), which changes speed but never content.
+
 Per-example augmentation randomness is seeded by ``(seed, step, g)``, i.e. by the *global* position,
 so it does not depend on how many processes share the batch.
 
@@ -133,12 +141,18 @@ def eval_index_batches(num_examples: int, global_batch_size: int, process_index:
   batches, which keeps collective ops in a multi-host eval loop in lockstep, and the union over
   processes covers every example exactly once.
   """
-  part = process_slice(global_batch_size, process_index, process_count)
   num_batches = -(-num_examples // global_batch_size)
   for b in range(num_batches):
-    positions = b * global_batch_size + np.arange(part.start, part.stop, dtype=np.int64)
-    valid = positions < num_examples
-    yield np.minimum(positions, num_examples - 1), valid
+    yield eval_batch_indices(b, num_examples, global_batch_size, process_index, process_count)
+
+
+def eval_batch_indices(batch_index: int, num_examples: int, global_batch_size: int,
+                       process_index: int, process_count: int) -> tuple[np.ndarray, np.ndarray]:
+  """Batch ``batch_index`` of ``eval_index_batches`` without iterating up to it (random access)."""
+  part = process_slice(global_batch_size, process_index, process_count)
+  positions = batch_index * global_batch_size + np.arange(part.start, part.stop, dtype=np.int64)
+  valid = positions < num_examples
+  return np.minimum(positions, num_examples - 1), valid
 
 
 class ImageSource(abc.ABC):
@@ -150,11 +164,15 @@ class ImageSource(abc.ABC):
     channels: last axis of produced images.
     num_train: size of the split ``train_batch`` samples from.
     num_eval: size of the split ``eval_batches`` sweeps.
+    mean, std: per-channel statistics (tuples of ``channels`` floats, 0..255 scale) with which the
+      task normalises images on the device: ``(image - mean) / std``.
     global_batch_size, seed, process_index, process_count: as given.
 
-  Batches are dicts of NumPy arrays: ``image`` float32 ``(b, H, W, C)`` normalised, ``label`` int32
-  ``(b,)`` and ``valid`` bool ``(b,)`` with ``b = global_batch_size // process_count``. ``valid`` is
-  all True for training batches and marks padding in the last eval batch.
+  Batches are dicts of NumPy arrays: ``image`` uint8 ``(b, H, W, C)`` in 0..255 (not normalised),
+  ``label`` int32 ``(b,)`` and ``valid`` bool ``(b,)`` with ``b = global_batch_size //
+  process_count``. ``valid`` is all True for training batches and marks padding in the last eval
+  batch (padded images are zeros). The image dtype is whatever ``_train_examples`` returns; a
+  source that cannot produce uint8 may return float32 already normalised (and set mean=0, std=1).
 
   Subclasses set the attributes and implement ``_train_examples`` and ``_eval_examples``; the index
   bookkeeping (determinism, process slicing, eval padding) lives here so it is written once.
@@ -165,6 +183,8 @@ class ImageSource(abc.ABC):
   channels: int
   num_train: int
   num_eval: int
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
 
   def __init__(self, global_batch_size: int, seed: int, process_index: int = 0,
                process_count: int = 1, eval_global_batch_size: int | None = None):
@@ -180,14 +200,14 @@ class ImageSource(abc.ABC):
   @abc.abstractmethod
   def _train_examples(self, indices: np.ndarray, step: int,
                       positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (images float32 (n,H,W,C), labels int (n,)) for train-split ``indices``.
+    """Returns (images uint8 (n,H,W,C), labels int (n,)) for train-split ``indices``.
 
     ``positions`` are the global batch positions, for seeding augmentation via ``example_rng``.
     """
 
   @abc.abstractmethod
   def _eval_examples(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (images float32, labels) for eval-split ``indices``, deterministically."""
+    """Returns (images uint8, labels) for eval-split ``indices``, deterministically."""
 
   def train_batch(self, step: int) -> dict[str, np.ndarray]:
     """This process's share of the global training batch at ``step`` (pure in seed and step)."""
@@ -197,20 +217,37 @@ class ImageSource(abc.ABC):
     indices = self._sampler.global_indices(step)[part]
     positions = np.arange(part.start, part.stop, dtype=np.int64)
     images, labels = self._train_examples(indices, step, positions)
-    return {"image": images.astype(np.float32, copy=False), "label": labels.astype(np.int32),
+    return {"image": images, "label": labels.astype(np.int32),
             "valid": np.ones(len(indices), dtype=bool)}
+
+  def train_batches(self, start_step: int = 0,
+                    num_steps: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Yields ``train_batch(start_step)``, ``train_batch(start_step + 1)``, ... (``num_steps`` of
+    them, or forever). Subclasses may prefetch in parallel but must yield the same arrays."""
+    step = start_step
+    while num_steps is None or step < start_step + num_steps:
+      yield self.train_batch(step)
+      step += 1
+
+  def eval_batch(self, batch_index: int) -> dict[str, np.ndarray]:
+    """Batch ``batch_index`` of ``eval_batches`` (random access; padded rows are zeros)."""
+    indices, valid = eval_batch_indices(batch_index, self.num_eval, self.eval_global_batch_size,
+                                        self.process_index, self.process_count)
+    if valid.any():
+      real_images, real_labels = self._eval_examples(indices[valid])
+      image = np.zeros((len(indices),) + real_images.shape[1:], real_images.dtype)
+      image[valid] = real_images
+    else:  # Only padding (possible for the last batch of a late process): same shape and dtype.
+      image = np.zeros_like(self._eval_examples(indices[:1])[0]).repeat(len(indices), axis=0)
+      real_labels = np.zeros((0,), np.int32)
+    label = np.zeros((len(indices),), np.int32)
+    label[valid] = real_labels
+    return {"image": image, "label": label, "valid": valid}
 
   def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
     """Deterministic sweep over this process's share of the eval split, padded to full batches."""
-    for indices, valid in eval_index_batches(self.num_eval, self.eval_global_batch_size,
-                                             self.process_index, self.process_count):
-      n = len(indices)
-      image = np.zeros((n, self.image_size, self.image_size, self.channels), np.float32)
-      label = np.zeros((n,), np.int32)
-      if valid.any():
-        real_images, real_labels = self._eval_examples(indices[valid])
-        image[valid], label[valid] = real_images, real_labels
-      yield {"image": image, "label": label, "valid": valid}
+    for b in range(self.num_eval_batches):
+      yield self.eval_batch(b)
 
   @property
   def num_eval_batches(self) -> int:

@@ -9,7 +9,8 @@ Choices and why:
     measures, or seed-to-seed variance would be confounded with split variance.
   * Images are upsampled once, at construction, with bilinear interpolation so that patch sizes
     designed for real images (4 at 32 px gives 8x8 = 64 tokens) make sense.
-  * Normalisation uses the train split's scalar mean/std (the images are grey), giving roughly zero
+  * Batches are uint8 on the 0..255 scale, like every image source; the task normalises them on
+    the device with the train split's scalar mean/std (the images are grey), giving roughly zero
     mean and unit variance; the statistics depend only on the fixed split and image size.
   * Training augmentation is a small random translation with zero (background) padding. No flips:
     a mirrored 2 or 5 is not the same digit.
@@ -80,13 +81,15 @@ class DigitsSource(ImageSource):
     self._train_images = augment.resize_bilinear(train_x, image_size)
     self._test_images = augment.resize_bilinear(test_x, image_size)
     self._train_labels, self._test_labels = train_y, test_y
-    self.mean = float(self._train_images.mean())
-    self.std = float(self._train_images.std())
+    # Per-channel statistics on the 0..255 scale of the uint8 batches (grey: one value each).
+    pixels = self._train_images * 255.0
+    self.mean = (float(pixels.mean()),) * channels
+    self.std = (float(pixels.std()),) * channels
     self.num_train, self.num_eval = len(train_y), len(test_y)
 
   def _finish(self, images: np.ndarray) -> np.ndarray:
-    images = (images - self.mean) / self.std
-    return np.repeat(images[..., None], self.channels, axis=-1).astype(np.float32)
+    images = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
+    return np.repeat(images[..., None], self.channels, axis=-1)
 
   def _train_examples(self, indices, step, positions):
     images = self._train_images[indices]

@@ -12,26 +12,35 @@ A dataset prepared as TFRecord (the TFDS default) or not prepared at all raises
 
 Preprocessing follows the standard recipes:
   * imagenet2012 train: Inception random-resized crop (area 8%-100%, aspect 3/4-4/3) to
-    ``image_size`` + horizontal flip; eval: resize shorter side to ``image_size / 0.875`` then
-    center crop (256 -> 224).
+    ``image_size`` + horizontal flip (+ RandAugment when asked); eval: resize shorter side to
+    ``image_size / 0.875`` then center crop (256 -> 224).
   * cifar10 train: zero-pad 4 + random 32x32 crop + flip (then resize if ``image_size != 32``);
     eval: identity (resize if ``image_size != 32``).
-  * Both normalise with the dataset's per-channel mean/std.
+  * Batches are uint8; the source's ``mean``/``std`` are for normalising on the device.
 
-Decoding and augmentation of a batch run in a small thread pool: JPEG decoding and PIL resizing
-release the GIL, so a few threads scale nearly linearly on ImageNet-sized images.
+Decoding reads the record's raw JPEG bytes (``SkipDecoding``), computes the crop box from the
+header size, and lets libjpeg decode at 1/2, 1/4 or 1/8 scale when the crop still keeps at least
+``image_size`` pixels (PIL's ``draft``); crop and resize are then one PIL resampling pass. Data
+sources that cannot hand out raw bytes (tfds's ``mock_data`` without TensorFlow) give decoded
+arrays, which take the same path minus the draft.
+
+``train_batches`` runs on grain: ``MapDataset.range(start, stop).map(step -> batch)`` with
+``mp_prefetch`` over ``num_workers`` processes, each building whole batches; grain interleaves the
+workers' outputs round-robin, so the order (and every byte) is that of ``train_batch(step)`` and
+resume stays exact. Batches come back through shared memory.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
+import functools
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
+from PIL import Image
 
-from pgf.data import augment
+from pgf.data import augment, randaugment
 from pgf.data.base import DatasetNotFoundError, ImageSource, example_rng, missing_dataset_message
 
 
@@ -59,7 +68,18 @@ def _base_name(name: str) -> str:
   return name.split(":")[0].split("/")[0]
 
 
-def open_data_source(name: str, split: str, data_dir: str | None) -> Sequence[dict[str, Any]]:
+def default_num_workers() -> int:
+  """Worker processes for ``train_batches`` when not given: one per core this process may use, at
+  most 128 (each worker holds about ``prefetch + 1`` batches in memory)."""
+  try:
+    cores = len(os.sched_getaffinity(0))
+  except AttributeError:  # Not on Linux.
+    cores = os.cpu_count() or 1
+  return max(1, min(128, cores))
+
+
+def open_data_source(name: str, split: str, data_dir: str | None,
+                     raw_images: bool = False) -> Sequence[dict[str, Any]]:
   """``tfds.data_source`` with every "not there" failure turned into one ``DatasetNotFoundError``.
 
   What tfds 4.9 does when the data is missing is misleading: with an empty ``data_dir`` it raises
@@ -72,8 +92,9 @@ def open_data_source(name: str, split: str, data_dir: str | None) -> Sequence[di
   """
   import tensorflow_datasets as tfds  # Lazy: importing tfds costs ~1 s and is only needed here.
 
+  kwargs = {"decoders": {"image": tfds.decode.SkipDecoding()}} if raw_images else {}
   try:
-    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False, **kwargs)
   except (NotImplementedError, FileNotFoundError, AssertionError, KeyError, ValueError) as e:
     if _is_prepared_array_record(tfds, name, data_dir):
       raise  # The data is there; the caller asked for something else that is wrong (e.g. split).
@@ -109,7 +130,14 @@ class TfdsImageSource(ImageSource):
     train: apply training augmentation in ``train_batch``.
     process_index, process_count: this process's slot in a multi-host run.
     eval_global_batch_size: batch size of ``eval_batches``; defaults to ``global_batch_size``.
-    num_workers: decoding threads; 0 decodes in the calling thread.
+    num_workers: worker processes of ``train_batches`` (and ``eval_batches``); 0 computes batches
+      in the calling thread; None: ``default_num_workers()`` (one per core, at most 128).
+    prefetch: finished batches each worker may queue (host memory: about ``num_workers *
+      (prefetch + 1)`` batches of ``local_batch_size * image_size**2 * 3`` bytes). With many
+      workers, 1 already keeps ``num_workers`` batches in flight.
+    randaugment: None, or a spec such as "rand-m15-n2-mstd0" (``pgf.data.randaugment``), applied
+      to training images after crop and flip.
+    draft: let the JPEG decoder work at reduced scale when the crop allows it.
   """
 
   channels = 3
@@ -117,98 +145,196 @@ class TfdsImageSource(ImageSource):
   def __init__(self, name: str, split: str, data_dir: str | None, global_batch_size: int,
                seed: int, image_size: int, train: bool, process_index: int = 0,
                process_count: int = 1, *, eval_global_batch_size: int | None = None,
-               num_workers: int | None = None):
+               num_workers: int | None = None, prefetch: int = 1,
+               randaugment: str | randaugment.RandAugment | None = None, draft: bool = True):
     super().__init__(global_batch_size, seed, process_index, process_count,
                      eval_global_batch_size)
     base = _base_name(name)
     if base not in DATASETS:
       raise ValueError(f"Unsupported image dataset {name!r}; known: {sorted(DATASETS)}.")
+    if prefetch < 1:
+      raise ValueError(f"prefetch must be >= 1, got {prefetch}.")
     self.name, self.split, self.data_dir, self.train = name, split, data_dir, train
     self.spec = DATASETS[base]
     self.num_classes = self.spec.num_classes
+    self.mean, self.std = self.spec.mean, self.spec.std
     self.image_size = image_size
-    self._source = open_data_source(name, split, data_dir)
+    self.randaugment = _parse_randaugment(randaugment)
+    self.draft = draft
+    self._source = open_data_source(name, split, data_dir, raw_images=True)
     self.num_train = self.num_eval = len(self._source)
     if self.num_train == 0:
       raise DatasetNotFoundError(missing_dataset_message(name, data_dir, f"split {split!r} is empty"))
-    self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
-    self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+    try:
+      self._source[0]
+    except ImportError:
+      # tfds's mock_data re-encodes images through TensorFlow when a decoder is given; without TF,
+      # fall back to decoded arrays (same results, no draft decoding).
+      self._source = open_data_source(name, split, data_dir, raw_images=False)
+    self.num_workers = default_num_workers() if num_workers is None else num_workers
+    if self.num_workers < 0:
+      raise ValueError(f"num_workers must be >= 0, got {num_workers}.")
+    self.prefetch = prefetch
 
   # --- per-example work -------------------------------------------------------------------------
 
-  def _read(self, index: int) -> tuple[np.ndarray, int]:
+  def _record(self, index: int) -> tuple[Any, int]:
     example = self._source[int(index)]
-    image = np.asarray(example["image"])
-    if image.ndim == 2:
-      image = image[..., None]
-    if image.shape[-1] == 1:  # Rare grey JPEGs; the decoder normally returns RGB already.
-      image = np.repeat(image, 3, axis=-1)
-    return image, int(example["label"])
+    return example["image"], int(example["label"])
 
-  def _augmented(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    image, label = self._read(index)
+  def _augmented(self, index: int, rng: np.random.Generator) -> tuple[Image.Image, int]:
+    data, label = self._record(index)
     size = self.image_size
     if self.spec.style == "inception":
-      box = augment.random_resized_crop_box(rng, image.shape[0], image.shape[1])
-      image = augment.crop_and_resize(image, box, size)
+      box_fn = functools.partial(_random_box, rng)
+      image = augment.decode_crop_resize(data, box_fn, size, draft=self.draft)
     else:
-      image = augment.pad_and_random_crop(rng, image, CIFAR_PAD)
-      image = augment.crop_and_resize(image, None, size)
-    return augment.random_flip_left_right(rng, image), label
+      array = np.asarray(augment.open_image(data).convert("RGB"))
+      array = augment.pad_and_random_crop(rng, array, CIFAR_PAD)
+      image = Image.fromarray(array)
+      if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    if rng.random() < 0.5:
+      image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if self.randaugment is not None:
+      image = self.randaugment(image, rng)
+    return image, label
 
-  def _plain(self, index: int) -> tuple[np.ndarray, int]:
-    image, label = self._read(index)
+  def _plain(self, index: int) -> tuple[Image.Image, int]:
+    data, label = self._record(index)
     if self.spec.style == "inception":
-      box = augment.center_crop_box(image.shape[0], image.shape[1], EVAL_CROP_FRACTION)
-      return augment.crop_and_resize(image, box, self.image_size), label
-    return augment.crop_and_resize(image, None, self.image_size), label
+      box_fn = functools.partial(augment.center_crop_box, crop_fraction=EVAL_CROP_FRACTION)
+    else:
+      box_fn = lambda height, width: (0, 0, width, height)
+    return augment.decode_crop_resize(data, box_fn, self.image_size, draft=self.draft), label
 
   # --- batching --------------------------------------------------------------------------------
 
-  def _map(self, fn: Callable[..., tuple[np.ndarray, int]], *args) -> tuple[np.ndarray, np.ndarray]:
-    if self.num_workers > 0 and len(args[0]) > 1:
-      if self._pool is None:
-        self._pool = concurrent.futures.ThreadPoolExecutor(self.num_workers,
-                                                           thread_name_prefix="pgf-images")
-      results = list(self._pool.map(fn, *args))
-    else:
-      results = [fn(*a) for a in zip(*args)]
-    images = np.stack([r[0] for r in results])
-    labels = np.asarray([r[1] for r in results], np.int32)
-    return augment.normalize(images, self.spec.mean, self.spec.std), labels
+  def _assemble(self, examples) -> tuple[np.ndarray, np.ndarray]:
+    """Writes PIL images straight into one preallocated uint8 batch (no per-image arrays)."""
+    examples = list(examples)
+    size = self.image_size
+    images = np.empty((len(examples), size, size, 3), np.uint8)
+    labels = np.empty((len(examples),), np.int32)
+    for i, (image, label) in enumerate(examples):
+      images[i] = np.asarray(image)
+      labels[i] = label
+    return images, labels
 
   def _train_examples(self, indices, step, positions):
     if not self.train:
-      return self._map(self._plain, indices)
-    rngs = [example_rng(self.seed, step, int(p)) for p in positions]
-    return self._map(self._augmented, indices, rngs)
+      return self._assemble(self._plain(i) for i in indices)
+    return self._assemble(self._augmented(i, example_rng(self.seed, step, int(p)))
+                          for i, p in zip(indices, positions))
 
   def _eval_examples(self, indices):
-    return self._map(self._plain, indices)
+    return self._assemble(self._plain(i) for i in indices)
+
+  def train_batches(self, start_step: int = 0, num_steps: int | None = None, *,
+                    num_workers: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """``train_batch(start_step)``, ``train_batch(start_step + 1)``, ... computed ahead by
+    ``num_workers`` grain worker processes (default: the constructor's), bit-identical to calling
+    ``train_batch`` directly. ``num_steps`` None: endless. Close the iterator (``.close()``) to stop
+    the workers early; they also stop when it is garbage collected."""
+    stop = start_step + (num_steps if num_steps is not None else _ENDLESS)
+    return _grain_iterator(self.train_batch, start_step, stop,
+                           self.num_workers if num_workers is None else num_workers,
+                           self.prefetch)
+
+  def eval_batches(self, *, num_workers: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Deterministic sweep over this process's share of the eval split, padded to full batches,
+    computed by the same worker processes as ``train_batches``."""
+    workers = self.num_workers if num_workers is None else num_workers
+    return _grain_iterator(self.eval_batch, 0, self.num_eval_batches,
+                           min(workers, self.num_eval_batches), self.prefetch)
+
+
+_ENDLESS = 2**62
+
+
+def _parse_randaugment(spec):
+  return randaugment.parse(spec)
+
+
+def _ensure_absl_flags_parsed() -> None:
+  """grain reads its options from absl flags; outside an absl app (tests, notebooks) mark the
+  flags parsed so their defaults apply instead of raising ``UnparsedFlagAccessError``."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def _grain_iterator(fn, start: int, stop: int, num_workers: int,
+                    prefetch: int) -> Iterator[dict[str, np.ndarray]]:
+  """``fn(start), fn(start + 1), ...`` as a grain pipeline; worker processes when num_workers > 0.
+
+  Each worker receives a pickled copy of ``fn`` (the source, with its tfds data source) and
+  computes every ``num_workers``-th element; grain merges them back in order.
+  """
+  if num_workers == 0:
+    return (fn(i) for i in range(start, stop))
+  import grain  # pylint: disable=g-import-not-at-top  # Lazy: only the TFDS path needs it.
+  _ensure_absl_flags_parsed()
+  dataset = grain.MapDataset.range(start, stop).map(fn).to_iter_dataset(
+      grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+  dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
+      num_workers=num_workers, per_worker_buffer_size=prefetch))
+  return _PlainArrays(iter(dataset))
+
+
+class _PlainArrays:
+  """Wraps grain's iterator: yields plain ``np.ndarray`` views of its shared-memory arrays (no
+  copy; the memory is released when the batch is dropped) and forwards ``close``."""
+
+  def __init__(self, iterator):
+    self._iterator = iterator
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    try:
+      batch = next(self._iterator)
+    except StopIteration:
+      self.close()
+      raise
+    return {k: np.asarray(v) for k, v in batch.items()}
 
   def close(self) -> None:
-    """Stops the decoding threads (optional; they are idle between batches)."""
-    if self._pool is not None:
-      self._pool.shutdown(wait=True)
-      self._pool = None
+    """Stops the worker processes and frees the batches they computed ahead."""
+    iterator, self._iterator = self._iterator, iter(())
+    close = getattr(iterator, "close", None)
+    if close is not None:
+      close()
 
-  def __getstate__(self):  # Thread pools do not pickle; a copy starts its own lazily.
-    state = dict(self.__dict__)
-    state["_pool"] = None
-    return state
+  def __del__(self):
+    self.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def _random_box(rng, height, width):
+  return augment.random_resized_crop_box(rng, height, width)
 
 
 def train_and_eval_sources(name: str, data_dir: str | None, global_batch_size: int, seed: int,
                            image_size: int, process_index: int = 0, process_count: int = 1, *,
                            train_split: str = "train", eval_split: str | None = None,
                            eval_global_batch_size: int | None = None,
-                           num_workers: int | None = None
+                           num_workers: int | None = None, prefetch: int = 1,
+                           randaugment: str | None = None,
                            ) -> tuple[TfdsImageSource, TfdsImageSource]:
-  """The usual pair: augmented train split and the dataset's standard eval split."""
+  """The usual pair: augmented train split (with ``randaugment`` if given) and the dataset's
+  standard eval split (never RandAugment)."""
   spec = DATASETS[_base_name(name)]
   common = dict(data_dir=data_dir, global_batch_size=global_batch_size, seed=seed,
                 image_size=image_size, process_index=process_index, process_count=process_count,
-                eval_global_batch_size=eval_global_batch_size, num_workers=num_workers)
-  train = TfdsImageSource(name, train_split, train=True, **common)
+                eval_global_batch_size=eval_global_batch_size, num_workers=num_workers,
+                prefetch=prefetch)
+  train = TfdsImageSource(name, train_split, train=True, randaugment=randaugment, **common)
   evaluation = TfdsImageSource(name, eval_split or spec.eval_split, train=False, **common)
   return train, evaluation

@@ -132,6 +132,15 @@ class TextSource(abc.ABC):
              for i, e, p in zip(indices, epochs, positions)]
     return self._batch(pairs, np.ones(len(pairs), bool))
 
+  def train_batches(self, start_step: int = 0,
+                    num_steps: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """`train_batch(start_step)`, `train_batch(start_step + 1)`, ... (`num_steps` of them, or forever):
+    the same iterator API as image sources."""
+    step = start_step
+    while num_steps is None or step < start_step + num_steps:
+      yield self.train_batch(step)
+      step += 1
+
   def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
     """Deterministic sweep over this process's share of the eval split; padding rows have valid=False."""
     empty = (np.zeros(0, np.int32), np.zeros(0, np.int32))

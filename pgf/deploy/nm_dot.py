@@ -1,0 +1,193 @@
+"""`nm_dot(x, kernel)`: activations contracted with a compressed N:M kernel, and the Flax
+interceptor that makes unchanged Dense/DenseGeneral layers use it.
+
+Implementations (`impl`):
+  "pallas"  the Pallas kernel (pgf/deploy/pallas.py): streams only kept values + packed indices.
+  "gather"  jnp: gathers, for every kept weight, the activation at its in-group position and
+            multiplies (reads only the kept values; materialises rows x K/M x N x R products,
+            so it is meant for small row counts).
+  "expand"  jnp: rebuilds W ⊙ Φ from the compressed form in the graph, then a dense matmul
+            (reads the compressed bytes; the FLOPs and a transient dense W are dense).
+  "auto"    (default) "pallas" on GPU for <= SMALL_ROWS rows and shapes the kernel supports;
+            "gather" for <= SMALL_ROWS rows elsewhere; "expand" for more rows (compute-bound).
+Override per call (`impl=`), for a block of code (`with use_impl("expand"): ...`) or for the
+interceptor (`intercept(impl=...)`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pgf.deploy.format import NMKernel, unpack_indices
+
+__all__ = ["nm_dot", "use_impl", "intercept", "IMPLS", "SMALL_ROWS", "resolve_impl"]
+
+IMPLS = ("auto", "pallas", "gather", "expand")
+SMALL_ROWS = 64
+_IMPL = contextvars.ContextVar("pgf_deploy_impl", default="auto")
+
+
+@contextlib.contextmanager
+def use_impl(impl: str):
+  """Within the block, nm_dot calls without an explicit `impl` use this one."""
+  _check_impl(impl)
+  token = _IMPL.set(impl)
+  try:
+    yield
+  finally:
+    _IMPL.reset(token)
+
+
+def _check_impl(impl):
+  if impl not in IMPLS:
+    raise ValueError(f"impl={impl!r}: expected one of {IMPLS}")
+
+
+def resolve_impl(impl: str | None, rows: int, kernel: NMKernel) -> str:
+  """The implementation "auto" (or the context default) picks for `rows` rows."""
+  impl = impl or _IMPL.get()
+  _check_impl(impl)
+  if impl != "auto":
+    return impl
+  if rows > SMALL_ROWS:
+    return "expand"
+  from pgf.deploy import pallas  # pylint: disable=g-import-not-at-top
+  g, n, _ = kernel.values.shape
+  if jax.default_backend() == "gpu" and pallas.supported(rows, n, kernel.m, g,
+                                                         kernel.packed.shape[-1]):
+    return "pallas"
+  return "gather"
+
+
+def _flatten_x(x, kernel: NMKernel):
+  """(rows, K) view of x and the batch shape; a ValueError names both shapes on a mismatch."""
+  contracting = kernel.contracting_shape
+  k = math.prod(contracting)
+  if x.ndim >= len(contracting) and tuple(x.shape[x.ndim - len(contracting):]) == contracting:
+    batch = x.shape[:x.ndim - len(contracting)]
+  elif x.ndim >= 1 and x.shape[-1] == k:
+    batch = x.shape[:-1]
+  else:
+    raise ValueError(f"nm_dot: x shape {tuple(x.shape)} does not fit kernel shape {kernel.shape} "
+                     f"grouped along axis {kernel.axis}: x must end in {contracting} or in K={k}")
+  return x.reshape((-1, k)), batch
+
+
+def _gather(x2, values, indices, m: int):
+  g = values.shape[0]
+  positions = jnp.arange(g, dtype=jnp.int32)[:, None, None] * m + indices  # (G, N, R)
+  picked = jnp.take(x2, positions, axis=1)  # (rows, G, N, R): only kept weights' partners
+  return jnp.einsum("bgjr,gjr->br", picked, values, preferred_element_type=jnp.float32)
+
+
+def _expand(x2, values, indices, m: int):
+  g, _, r = values.shape
+  onehot = indices[:, :, None, :] == jnp.arange(m, dtype=jnp.int32)[None, None, :, None]
+  w = jnp.sum(jnp.where(onehot, values[:, :, None, :], 0), axis=1).reshape(g * m, r)
+  return jnp.dot(x2, w.astype(values.dtype), preferred_element_type=jnp.float32)
+
+
+def nm_dot(x, kernel: NMKernel, *, impl: str | None = None, interpret: bool | None = None):
+  """x contracted with `kernel` over its grouped axes (what `x @ W` is for a 2-D kernel).
+
+  Args:
+    x: (..., *kernel.contracting_shape) or (..., K) activations.
+    kernel: an `NMKernel` (e.g. a leaf of `pgf.deploy.load(path)`).
+    impl: "auto" | "pallas" | "gather" | "expand" (module docstring); None: the context's.
+    interpret: for "pallas": run in the Pallas interpreter (default: when not on GPU/TPU).
+
+  Returns:
+    (..., *kernel.out_shape) in the promoted dtype of x and the kernel values; products are
+    accumulated in float32.
+  """
+  if not isinstance(kernel, NMKernel):
+    raise TypeError(f"nm_dot: kernel must be a pgf.deploy.NMKernel, got {type(kernel).__name__}")
+  x = jnp.asarray(x)
+  x2, batch = _flatten_x(x, kernel)
+  dtype = jnp.result_type(x.dtype, kernel.values.dtype)
+  x2, values = x2.astype(dtype), jnp.asarray(kernel.values).astype(dtype)
+  chosen = resolve_impl(impl, x2.shape[0], kernel)
+  r = values.shape[-1]
+  if chosen == "pallas":
+    from pgf.deploy import pallas  # pylint: disable=g-import-not-at-top
+    if interpret is None:
+      interpret = jax.default_backend() not in ("gpu", "tpu")
+    out = pallas.nm_matmul(x2, values, jnp.asarray(kernel.packed), m=kernel.m, r=r,
+                           interpret=interpret)
+  else:
+    indices = unpack_indices(jnp.asarray(kernel.packed), kernel.m, r)
+    out = (_gather if chosen == "gather" else _expand)(x2, values, indices, kernel.m)
+  return out.astype(dtype).reshape(batch + kernel.out_shape)
+
+
+# ----------------------------------------------------------------------------- Flax
+def _dense_general_call(module, inputs, kernel: NMKernel, impl):
+  """What nn.Dense / nn.DenseGeneral.__call__ computes, with the kernel contracted by nm_dot."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  inputs = jnp.asarray(inputs)
+  ndim = inputs.ndim
+  if isinstance(module, nn.DenseGeneral):
+    if module.batch_dims:
+      raise NotImplementedError(f"{module.name}: DenseGeneral batch_dims with a compressed kernel")
+    axes = (module.axis,) if isinstance(module.axis, int) else tuple(module.axis)
+  else:
+    axes = (-1,)
+  axes = tuple(a % ndim for a in axes)
+  k = len(axes)
+  if tuple(inputs.shape[a] for a in axes) != kernel.shape[:k]:
+    raise ValueError(f"{module.name}: inputs shape {inputs.shape} (axes {axes}) do not fit the "
+                     f"compressed kernel shape {kernel.shape}")
+  # Contracting input axes last, in kernel-dimension order 0..k-1 ...
+  x = jnp.moveaxis(inputs, axes, tuple(range(ndim - k, ndim)))
+  bias = module.get_variable("params", "bias") if module.use_bias else None
+  dtype = module.dtype or jnp.result_type(
+      inputs.dtype, kernel.values.dtype, *(() if bias is None else (bias.dtype,)))
+  x = x.astype(dtype)
+  if sorted(kernel.axis) == list(range(k)):
+    # ... then in the order the kernel's groups flatten them.
+    x = jnp.moveaxis(x, [ndim - k + a for a in kernel.axis], tuple(range(ndim - k, ndim)))
+    out = nm_dot(x, kernel, impl=impl)
+  else:  # grouped along output dims: nothing to save in the contraction, expand it
+    out = jnp.tensordot(x, kernel.dense().astype(dtype), k)
+  out = out.astype(dtype)
+  if bias is not None:
+    out = out + jnp.asarray(bias, dtype)
+  return out
+
+
+def _interceptor(next_fun, args, kwargs, context, impl=None):
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  module = context.module
+  if context.method_name != "__call__" or not isinstance(module, (nn.Dense, nn.DenseGeneral)):
+    return next_fun(*args, **kwargs)
+  if not module.has_variable("params", "kernel"):
+    return next_fun(*args, **kwargs)
+  kernel = module.get_variable("params", "kernel")
+  if not isinstance(kernel, NMKernel):
+    return next_fun(*args, **kwargs)
+  inputs = args[0] if args else kwargs["inputs"]
+  return _dense_general_call(module, inputs, kernel, impl)
+
+
+def intercept(impl: str | None = None):
+  """Context manager: Flax Dense/DenseGeneral layers whose kernel is an `NMKernel` compute with
+  `nm_dot` (other layers run unchanged)::
+
+      params = pgf.deploy.load("model.safetensors")
+      with pgf.deploy.intercept():
+        logits = model.apply({"params": params}, images, train=False)
+
+  Use it around tracing (inside or around `jax.jit`'s first call); a compressed kernel in any
+  other kind of layer (e.g. a Conv) is not intercepted: `pgf.deploy.densify` that leaf first.
+  """
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  if impl is not None:
+    _check_impl(impl)
+  return nn.intercept_methods(functools.partial(_interceptor, impl=impl))

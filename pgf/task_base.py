@@ -1,0 +1,54 @@
+"""`Task`: a model family with its data, the unit the train loop is written against.
+
+Kept apart from `pgf.tasks` (image classification and the task registry) and `pgf.text_tasks`
+(T5) so that both import it and neither imports the other's module at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterator
+
+import jax.numpy as jnp
+
+Batch = dict[str, Any]
+
+
+@dataclasses.dataclass
+class Task:
+  """A model family with its data.
+
+  Attributes:
+    name: "classification" or "seq2seq".
+    model: the Flax linen module.
+    train_source: object with `train_batch(step) -> dict` (a pure function of (seed, step)).
+    eval_source: object with `eval_batches() -> Iterator[dict]` (padded with "valid").
+    example_batch: a batch with the shapes of the training batch (for init and validation).
+    examples_key: batch key whose leading dimension counts examples (throughput logs).
+    loss_fn: (params, batch, rng, train) -> (scalar loss, {metric: scalar}).
+    eval_fn: (params, batch) -> {name: per-batch sum}; sums over batches are divided by
+      "count", by "tokens" for names starting "token_" or ending "_per_token", and by "<unit>s"
+      for a name ending "_per_<unit>" when that sum is returned too (e.g. "bits_per_byte" /
+      "bytes"), to give the eval metrics.
+    extra_eval: optional (params) -> {name: value} run once per evaluation on the host
+      (e.g. greedy-decoding exact match for text classification).
+  """
+  name: str
+  model: Any
+  train_source: Any
+  eval_source: Any
+  example_batch: Batch
+  examples_key: str
+  loss_fn: Callable
+  eval_fn: Callable
+  init_fn: Callable
+  extra_eval: Callable | None = None
+
+  def eval_batches(self) -> Iterator[Batch]:
+    return self.eval_source.eval_batches()
+
+
+def masked_mean(values, valid):
+  """Mean of `values` over the positions where `valid` (padding excluded)."""
+  valid = valid.astype(values.dtype)
+  return jnp.sum(values * valid) / jnp.maximum(jnp.sum(valid), 1.0)

@@ -1,0 +1,262 @@
+"""Integration mistakes fail loudly, and the deployed model is the model that was trained.
+
+One test (or group) per mistake a plug-in user can make: stored masks ignored by finalize, the
+transform after Adam, a rank-3 kernel grouped across layers, a regex that prunes biases, a float
+or swapped step, masks that belong to another recipe, a recipe that does not round-trip.
+"""
+
+import glob
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import pgf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def mlp_params(seed=0):
+  k1, k2 = jax.random.split(jax.random.key(seed))
+  return {"fc1": {"kernel": jax.random.normal(k1, (16, 8)), "bias": jnp.zeros(8)},
+          "fc2": {"kernel": jax.random.normal(k2, (8, 4)), "bias": jnp.zeros(4)}}
+
+
+def forward(params, x):
+  return jnp.tanh(x @ params["fc1"]["kernel"] + params["fc1"]["bias"]) @ params["fc2"]["kernel"]
+
+
+X = jax.random.normal(jax.random.key(7), (32, 16))
+Y = jax.random.normal(jax.random.key(8), (32, 4))
+
+
+def run(recipe, tx, params, steps):
+  """A plain training loop that follows the README: step and masks from the optimizer state."""
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def train_step(params, opt_state):
+    step = pgf.step_from_state(opt_state)
+    masks = pgf.masks_from_state(opt_state) if recipe.mask_update_every > 1 else None
+    loss_fn = lambda p: jnp.mean((forward(pgf.sparsify(p, recipe, step, masks), X) - Y) ** 2)
+    grads = jax.grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  for _ in range(steps):
+    params, opt_state = train_step(params, opt_state)
+  return params, opt_state
+
+
+# ----------------------------------------------------------------------------- 1. stored masks
+def test_finalize_deploys_the_stored_masks_the_forward_used():
+  recipe = pgf.Recipe("sdgf_stepwise", rules=((r"fc1/kernel", "1:4"),), total_steps=24,
+                      dense_fraction=0.25, finetune_fraction=0.25, mask_update_every=5)
+  # A large learning rate moves W far between refreshes, so the masks of the final |W| are
+  # not the masks the last steps were trained with.
+  params, opt_state = run(recipe, pgf.optimizer(recipe, optax.sgd(0.5)), mlp_params(), 24)
+  stored = pgf.masks_from_state(opt_state)["fc1/kernel"]
+  assert bool(pgf.is_nm(stored, 1, 4, 0))
+  deployed = pgf.finalize(params, recipe, masks=pgf.masks_from_state(opt_state))
+  np.testing.assert_array_equal(deployed["fc1"]["kernel"],
+                                jnp.where(stored, params["fc1"]["kernel"], 0.0))
+  # The deployed weights are the forward weights of the last trained step.
+  last = pgf.sparsify(params, recipe, 23, masks=pgf.masks_from_state(opt_state))
+  np.testing.assert_array_equal(deployed["fc1"]["kernel"], last["fc1"]["kernel"])
+  np.testing.assert_array_equal(deployed["fc1"]["bias"], params["fc1"]["bias"])
+  # Recomputing from |W| would deploy a different model (what finalize did before).
+  recomputed = pgf.finalize(params, recipe)["fc1"]["kernel"]
+  assert np.any(np.asarray(recomputed) != np.asarray(deployed["fc1"]["kernel"]))
+
+
+def test_finalize_replaces_a_stored_mask_of_an_earlier_stage():
+  recipe = pgf.Recipe("sdgf_stepwise", rules=((r"fc1/kernel", "1:4"),), total_steps=24,
+                      dense_fraction=0.25, finetune_fraction=0.25, mask_update_every=5)
+  params, opt_state = run(recipe, pgf.optimizer(recipe, optax.sgd(0.1)), mlp_params(), 8)
+  stored = pgf.masks_from_state(opt_state)["fc1/kernel"]
+  assert bool(pgf.is_nm(stored, 3, 4, 0))  # the first stage, 3:4
+  deployed = pgf.finalize(params, recipe, masks=pgf.masks_from_state(opt_state))
+  np.testing.assert_array_equal(deployed["fc1"]["kernel"],
+                                pgf.finalize(params, recipe)["fc1"]["kernel"])
+  assert bool(pgf.is_nm(deployed["fc1"]["kernel"] != 0, 1, 4, 0))
+
+
+# ----------------------------------------------------------------------------- 2. order
+@pytest.mark.parametrize("inner", [
+    lambda: optax.adam(1e-3), lambda: optax.adamw(optax.cosine_decay_schedule(1e-3, 10)),
+    lambda: optax.sgd(0.1, momentum=0.9),
+    lambda: optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3)],
+    ids=["adam", "adamw_schedule", "sgd_momentum", "inject_hyperparams"])
+def test_gradient_flow_after_a_rescaling_transform_is_an_error(inner):
+  recipe = pgf.Recipe("sr_ste", rules=((r"fc1/kernel", "1:4"),), total_steps=10)
+  params = mlp_params()
+  wrong = optax.chain(inner(), pgf.gradient_flow(recipe))
+  with pytest.raises(ValueError, match="must come first in the chain"):
+    pgf.step_from_state(wrong.init(params))
+  # Also inside a wrapper.
+  with pytest.raises(ValueError, match="must come first in the chain"):
+    pgf.step_from_state(optax.MultiSteps(wrong, 2).init(params))
+  # The right order, built either way, is accepted.
+  for right in (pgf.optimizer(recipe, inner()),
+                optax.chain(optax.clip_by_global_norm(1.0), pgf.gradient_flow(recipe),
+                            inner())):
+    assert int(pgf.step_from_state(right.init(params))) == 0
+
+
+def test_optimizer_puts_the_method_first_so_sr_ste_decays_pruned_weights():
+  recipe = pgf.Recipe("sr_ste", rules=((r"fc1/kernel", "1:4"),), total_steps=10,
+                      dense_fraction=0.0, sr_ste_lambda=0.1)
+  params = mlp_params()
+  tx = pgf.optimizer(recipe, optax.sgd(1.0))
+  zero_grads = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero_grads, tx.init(params), params)
+  kernel = params["fc1"]["kernel"]
+  phi = pgf.nm_mask(kernel, 1, 4, 0)
+  after = kernel + updates["fc1"]["kernel"]
+  np.testing.assert_allclose(after, jnp.where(phi, kernel, 0.9 * kernel), rtol=1e-6)
+  with pytest.raises(TypeError, match="give the optimizer that follows"):
+    pgf.optimizer(recipe)
+  with pytest.raises(TypeError, match="inner\\[0\\] must be an optax.GradientTransformation"):
+    pgf.optimizer(recipe, 1e-3)
+
+
+# ----------------------------------------------------------------------------- 4, 5. rules
+def test_rank3_leaf_needs_an_explicit_axis():
+  stacked = {"layers": {"kernel": jnp.ones((4, 16, 8))}}  # nn.scan: (layers, in, out)
+  recipe = pgf.Recipe("ste", rules=((r"layers/kernel", "2:4"),), total_steps=10)
+  with pytest.raises(ValueError) as info:
+    pgf.sparsify(stacked, recipe, 5)
+  message = str(info.value)
+  assert "layers/kernel shape (4, 16, 8)" in message and "ambiguous" in message
+  assert "1 for a stacked (layers, in, out) kernel from nn.scan" in message
+  with pytest.raises(ValueError, match="ambiguous"):
+    pgf.gradient_flow(recipe).init(stacked)
+  explicit = pgf.Recipe("ste", rules=((r"layers/kernel", "2:4", 1),), total_steps=10)
+  w = jax.random.normal(jax.random.key(0), (4, 16, 8))
+  deployed = pgf.finalize({"layers": {"kernel": w}}, explicit)["layers"]["kernel"]
+  for layer in range(4):  # every layer is 2:4 along its own input axis
+    np.testing.assert_array_equal(deployed[layer] != 0, pgf.nm_mask(w[layer], 2, 4, 0))
+
+
+def test_a_rule_matching_a_bias_is_an_error_unless_opted_in():
+  params = mlp_params()
+  broad = pgf.Recipe("ste", rules=((r"fc1/.*", "1:8"),), total_steps=10)
+  with pytest.raises(ValueError, match=r"fc1/bias shape \(8,\).*1-D leaf.*allow_1d"):
+    pgf.finalize(params, broad)
+  with pytest.raises(ValueError, match="1-D leaf"):
+    pgf.gradient_flow(broad).init(params)
+  opted = pgf.Recipe("ste", rules=((r"fc1/.*", "1:8", {"allow_1d": True}),), total_steps=10)
+  bias = jnp.arange(8.0)
+  deployed = pgf.finalize(dict(params, fc1={"kernel": params["fc1"]["kernel"], "bias": bias}),
+                          opted)
+  np.testing.assert_array_equal(deployed["fc1"]["bias"], jnp.where(bias == 7, 7.0, 0.0))
+  with pytest.raises(ValueError, match="allow_1d=1 must be True or False"):
+    pgf.Recipe("ste", rules=((r"fc1/.*", "1:8", {"allow_1d": 1}),))
+
+
+# ----------------------------------------------------------------------------- 6. contract
+def test_swapped_arguments_name_the_mistake():
+  recipe = pgf.Recipe("ste", rules=((r"fc1/kernel", "1:4"),), total_steps=10)
+  params = mlp_params()
+  for fn in (pgf.sparsify, pgf.current_masks):
+    with pytest.raises(TypeError, match="params and the recipe are swapped"):
+      fn(recipe, params, 3)
+  with pytest.raises(TypeError, match="params and the recipe are swapped"):
+    pgf.finalize(recipe, params)
+  with pytest.raises(TypeError, match="must be a pgf.Recipe, got dict"):
+    pgf.gradient_flow(params)
+
+
+@pytest.mark.parametrize("step", [10.7, 10.0, np.float32(3), jnp.float32(3), True, "3"])
+def test_a_non_integer_step_is_an_error(step):
+  recipe = pgf.Recipe("mdgf_exp", rules=((r"fc1/kernel", "1:4"),), total_steps=20)
+  with pytest.raises(TypeError, match="step"):
+    pgf.sparsify(mlp_params(), recipe, step)
+
+
+def test_a_float_step_is_an_error_under_jit_too():
+  recipe = pgf.Recipe("mdgf_exp", rules=((r"fc1/kernel", "1:4"),), total_steps=20)
+  with pytest.raises(TypeError, match="dtype float32"):
+    jax.jit(lambda p, s: pgf.sparsify(p, recipe, s))(mlp_params(), jnp.float32(10.7))
+  for step in (3, np.int64(3), jnp.int32(3), jnp.uint8(3)):  # integers of any kind are fine
+    pgf.sparsify(mlp_params(), recipe, step)
+
+
+def test_masks_from_another_recipe_are_an_error():
+  trained = pgf.Recipe("ste", rules=((r"fc1/kernel", "1:4"),), total_steps=20,
+                       mask_update_every=4)
+  opt_state = pgf.optimizer(trained, optax.sgd(0.1)).init(mlp_params())
+  masks = pgf.masks_from_state(opt_state)
+  other = pgf.Recipe("ste", rules=((r"fc[12]/kernel", "1:4"),), total_steps=20,
+                     mask_update_every=4)
+  with pytest.raises(ValueError, match=r"different recipe.*no mask for \['fc2/kernel'\]"):
+    pgf.sparsify(mlp_params(), other, 3, masks=masks)
+  every_step = pgf.Recipe("ste", rules=((r"fc1/kernel", "1:4"),), total_steps=20)
+  with pytest.raises(ValueError, match="mask_update_every == 1.*would be ignored"):
+    pgf.sparsify(mlp_params(), every_step, 3, masks=masks)
+  with pytest.raises(ValueError, match="keeps masks in the optimizer state"):
+    pgf.sparsify(mlp_params(), trained, 3)
+
+
+def test_step_under_multisteps_counts_real_updates():
+  recipe = pgf.Recipe("mdgf_exp", rules=((r"fc1/kernel", "1:4"),), total_steps=20)
+  tx = optax.MultiSteps(pgf.optimizer(recipe, optax.sgd(0.1)), every_k_schedule=3)
+  params = mlp_params()
+  opt_state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  for micro in range(7):
+    _, opt_state = tx.update(grads, opt_state, params)
+  assert int(pgf.step_from_state(opt_state)) == 2  # 7 micro-steps = 2 updates (+1 pending)
+
+
+# ----------------------------------------------------------------------------- 7. smaller
+@pytest.mark.parametrize("kwargs", [
+    dict(method="mdgf_exp", rules=((r".*/mlp/.*/kernel", "1:16"),), total_steps=1000),
+    dict(method="sdgf_custom",
+         rules=((r"a/kernel", "1:4", {"axis": (0, 1), "stages": ("2:4", "1:4")}),
+                (r"b/.*", "2:8", {"allow_1d": True})),
+         sdgf_stages=("4:8", "2:8"), total_steps=100, mask_update_every=3,
+         decay_coefficient=0.01, gradient="ste"),
+    dict(method="mdgf_linear+sdgf_geometric", rules=((r"x", "1:8", 2),), total_steps=50,
+         sdgf_k=4),
+    dict(method="dense")], ids=["mdgf", "custom", "combined", "dense"])
+def test_recipe_round_trips_through_json(kwargs):
+  recipe = pgf.Recipe(**kwargs)
+  assert pgf.Recipe.from_dict(recipe.to_dict()) == recipe
+  assert pgf.Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
+
+
+def test_recipe_from_dict_names_bad_fields():
+  with pytest.raises(ValueError, match="unknown fields \\['methd'\\]"):
+    pgf.Recipe.from_dict({"methd": "ste"})
+  with pytest.raises(ValueError, match="needs 'pattern' and 'nm'"):
+    pgf.Recipe.from_dict({"method": "ste", "rules": [{"pattern": "x"}]})
+
+
+def test_subtree_with_a_whole_model_recipe():
+  params = {"encoder": mlp_params(0), "decoder": mlp_params(1)}
+  recipe = pgf.Recipe("ste", rules=((r"encoder/fc1/kernel", "1:4"),
+                                    (r"decoder/fc1/kernel", "1:8")), total_steps=10)
+  whole = pgf.sparsify(params, recipe, 5)
+  sub = pgf.sparsify({"encoder": params["encoder"]}, recipe, 5, allow_unmatched_rules=True)
+  np.testing.assert_array_equal(sub["encoder"]["fc1"]["kernel"],
+                                whole["encoder"]["fc1"]["kernel"])
+  with pytest.raises(ValueError, match="matches no parameter"):
+    pgf.sparsify({"encoder": params["encoder"]}, recipe, 5)
+  finalized = pgf.finalize({"decoder": params["decoder"]}, recipe, allow_unmatched_rules=True)
+  assert bool(pgf.is_nm(finalized["decoder"]["fc1"]["kernel"] != 0, 1, 8, 0))
+
+
+def test_the_package_explains_itself():
+  """Docstrings point to docs in the repo, not to design notes users never see."""
+  for path in glob.glob(os.path.join(ROOT, "pgf", "**", "*.py"), recursive=True):
+    with open(path) as f:
+      assert "DESIGN.md" not in f.read(), path
+  with open(os.path.join(ROOT, "docs", "method.md")) as f:
+    text = f.read()
+  for method in pgf.METHODS:
+    assert f"`{method}`" in text, method
