@@ -13,13 +13,14 @@ the checkpoint, and every process feeds its own slice of each batch.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -178,111 +179,17 @@ def _train_and_evaluate(config, workdir: str, stop: dict[str, Any]) -> dict[str,
       json.dump(recipe.to_dict(), f, indent=2)
     log.info("Sparsity rules:\n%s", _match_summary(abstract_params, recipe))
 
-  # Gradient-noise statistics (paper §4) every `noise_every` steps; the masks of the previous
-  # measurement live in the state so mask flips are counted exactly across a resume.
   noise_every = config.get("noise_every", 0) if recipe.rules else 0
-  if noise_every:
-    from pgf.analysis import noise as noise_lib  # pylint: disable=g-import-not-at-top
-
-  def init_state(rng):
-    params = task.init_fn(rng)
-    state = {"step": jnp.zeros([], jnp.int32), "params": params, "opt_state": tx.init(params)}
-    if noise_every:
-      state["noise_masks"] = pgf.current_masks(params, recipe, 0)
-    return state
-
   checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints,
                               async_save=config.get("async_checkpointing", True))
-  abstract_state = jax.eval_shape(init_state, rng)
-  # The restore target carries this mesh's shardings, so a checkpoint written on any mesh (8
-  # devices, 1 device, another slice) comes back laid out for this one.
-  state_shardings = sharding_lib.tree_shardings(abstract_state, mesh,
-                                                sharding_lib.rules_of(config))
-  abstract_state = sharding_lib.with_shardings(abstract_state, state_shardings)
-  if is_main:
-    log.info("Mesh %s, %s axes; state shardings:\n%s", dict(mesh.shape),
-             mesh.axis_types[0].name, sharding_lib.describe(state_shardings))
-  state, resumed_from = checkpointer.restore_latest(abstract_state)
-  if state is None:
-    state = sharding_lib.jit(init_state, mesh, out_shardings=state_shardings)(rng)
-    if config.get("init_from"):
-      state = _init_params_from(config.init_from, state, abstract_state, tx)
-      if noise_every:  # the previous-masks slot starts from the loaded weights
-        state["noise_masks"] = pgf.current_masks(state["params"], recipe, 0)
-      state = jax.device_put(state, state_shardings)
-      log.info("Initialised params from %s", config.init_from)
-  else:
-    log.info("Resumed from checkpoint at step %d", resumed_from)
+  state, resumed_from, state_shardings = _build_state(config, task, recipe, tx, mesh, rng,
+                                                      checkpointer, noise_every, is_main)
+  if resumed_from is not None:
     writer.truncate_after(resumed_from)
   start_step = int(state["step"])
-
-  train_rng = jax.random.fold_in(rng, 1)
-  model_loss = sharding_lib.auto_model(lambda p, b, r: task.loss_fn(p, b, r, True), mesh)
-
-  def train_step(state, batch):
-    step = state["step"]
-    step_rng = jax.random.fold_in(train_rng, step)
-
-    def loss_fn(params):
-      effective = pgf.sparsify(params, recipe, step, masks=_masks(state["opt_state"], recipe))
-      return model_loss(effective, batch, step_rng)
-
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    grad_norm = optax.tree.norm(grads)
-    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, learning_rate=lr_schedule(step),
-                   finite_loss=jnp.isfinite(loss), finite_grads=jnp.isfinite(grad_norm))
-    new_state = {"step": step + 1, "params": params, "opt_state": opt_state}
-    if noise_every:
-      measure = lambda: noise_lib.noise_stats(state["params"], grads, opt_state, recipe, step,
-                                              state["noise_masks"])
-      skip = lambda: (jax.tree.map(jnp.zeros_like, jax.eval_shape(measure)[0]),
-                      state["noise_masks"])
-      metrics["noise"], new_state["noise_masks"] = jax.lax.cond(
-          step % noise_every == 0, measure, skip)
-    return new_state, metrics
-
-  batch_sharding, replicated = sharding_lib.batch_sharding(mesh), sharding_lib.replicated(mesh)
-  param_shardings = state_shardings["params"]
-  eval_rows = sharding_lib.local_multiple(mesh)  # eval batches are padded to split evenly
-  train_step = sharding_lib.jit(train_step, mesh, in_shardings=(state_shardings, batch_sharding),
-                                out_shardings=(state_shardings, replicated), donate_argnums=(0,))
-  eval_step = sharding_lib.jit(sharding_lib.auto_model(task.eval_fn, mesh), mesh,
-                               in_shardings=(param_shardings, batch_sharding),
-                               out_shardings=replicated)
-  effective_fn = sharding_lib.jit(lambda params, opt_state, step: pgf.sparsify(
-      params, recipe, step, masks=_masks(opt_state, recipe)), mesh, out_shardings=param_shardings)
-  # Deployed = the masks the forward pass used (stored ones when mask_update_every > 1).
-  finalize_fn = sharding_lib.jit(lambda params, opt_state: pgf.finalize(
-      params, recipe, masks=_masks(opt_state, recipe)), mesh, out_shardings=param_shardings)
-  sparsity_fn = sharding_lib.jit(lambda params, opt_state, step: matched_sparsity(
-      params, recipe, step, _masks(opt_state, recipe)), mesh, out_shardings=replicated)
-
-  def evaluate(state) -> dict[str, float]:
-    step = state["step"]
-    out = {}
-    for kind, params in (("current", effective_fn(state["params"], state["opt_state"], step)),
-                         ("deployed", finalize_fn(state["params"], state["opt_state"]))):
-      sums = None
-      for batch in task.eval_batches():
-        batch_sums = eval_step(params, sharding_lib.global_batch(
-            sharding_lib.pad_rows(batch, eval_rows), batch_sharding))
-        sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
-      sums = jax.device_get(sums)
-      count = max(float(sums.pop("count")), 1.0)
-      tokens = max(float(sums.pop("tokens", count)), 1.0)
-      # "X_per_<unit>" is divided by the sum "<unit>s" when eval_fn returns one (e.g. bytes).
-      units = {k.rpartition("_per_")[2] + "s" for k in sums if "_per_" in k} - {"tokens"}
-      totals = {u: max(float(sums.pop(u)), 1.0) for u in units if u in sums}
-      for key, value in sums.items():
-        denominator = tokens if key.startswith("token_") or key.endswith("_per_token") else count
-        denominator = totals.get(key.rpartition("_per_")[2] + "s", denominator)
-        out[f"{kind}_{key}"] = float(value) / denominator
-      if task.extra_eval is not None:
-        for key, value in task.extra_eval(sharding_lib.to_auto(params, mesh)).items():
-          out[f"{kind}_{key}"] = float(value)
-    return out
+  fns = _compile_steps(task, recipe, tx, lr_schedule, mesh, state_shardings, noise_every,
+                       jax.random.fold_in(rng, 1))
+  evaluate = functools.partial(_evaluate, task, fns, mesh)
 
   pending: list[tuple[int, dict]] = []
   summary: dict[str, Any] = {"workdir": workdir, "total_steps": total_steps,
@@ -290,17 +197,21 @@ def _train_and_evaluate(config, workdir: str, stop: dict[str, Any]) -> dict[str,
   t_start = time.time()
   t_last, step_last = time.time(), start_step
   local_batch = None
+  # Batches are a pure function of (seed, step): the iterator (input worker processes for the
+  # TFDS sources) starts at the resumed step and yields what train_batch(step) would.
+  batches = task.train_source.train_batches(start_step)
   try:
     step = start_step
     while step < total_steps:
-      batch = task.train_source.train_batch(step)
+      batch = next(batches)
       local_batch = local_batch or len(batch[task.examples_key])
       # A SIGTERM reaches one process; all must stop after the same step. Every process votes
       # its flag before dispatching the step and reads the max after: the read waits for the
       # previous step only, so the device never idles. A signal arriving after the vote
       # (during eval, logging, a save) is carried by the next step's vote.
       stop_vote = multihost.start_max(stop["signal"] is not None)
-      state, metrics = train_step(state, sharding_lib.global_batch(batch, batch_sharding))
+      state, metrics = fns.train_step(state, sharding_lib.global_batch(batch,
+                                                                       fns.batch_sharding))
       pending.append((step, metrics))
       if noise_every and step % noise_every == 0 and is_main:
         writer.write(step + 1, "noise", jax.device_get(metrics["noise"]))
@@ -313,7 +224,7 @@ def _train_and_evaluate(config, workdir: str, stop: dict[str, Any]) -> dict[str,
         _check_finite(pending, checkpointer)
       if log_now:
         # Jitted on global arrays, so every process computes it; only process 0 writes.
-        sparsity = float(sparsity_fn(state["params"], state["opt_state"], jnp.int32(step - 1)))
+        sparsity = float(fns.sparsity(state["params"], state["opt_state"], jnp.int32(step - 1)))
         now = time.time()
         rate = (step - step_last) / max(now - t_last, 1e-9)
         t_last, step_last = now, step
@@ -342,6 +253,9 @@ def _train_and_evaluate(config, workdir: str, stop: dict[str, Any]) -> dict[str,
         return summary
     checkpointer.wait()
   finally:
+    close = getattr(batches, "close", None)
+    if close is not None:
+      close()
     checkpointer.close()
     writer.flush()
     writer.close()
@@ -354,6 +268,129 @@ def _train_and_evaluate(config, workdir: str, stop: dict[str, Any]) -> dict[str,
       json.dump(summary, f, indent=2, default=str)
   summary["state"] = state
   return summary
+
+
+# ----------------------------------------------------------------------------- the parts
+def _build_state(config, task: Task, recipe: pgf.Recipe, tx, mesh, rng, checkpointer,
+                 noise_every: int, is_main: bool):
+  """(state, resumed_from, state_shardings): the newest checkpoint, else init_from's params,
+  else a fresh init, laid out for this mesh."""
+  def init_state(rng):
+    params = task.init_fn(rng)
+    state = {"step": jnp.zeros([], jnp.int32), "params": params, "opt_state": tx.init(params)}
+    if noise_every:
+      # Gradient-noise statistics (paper §4): the masks of the previous measurement live in
+      # the state so mask flips are counted exactly across a resume.
+      state["noise_masks"] = pgf.current_masks(params, recipe, 0)
+    return state
+
+  abstract_state = jax.eval_shape(init_state, rng)
+  # The restore target carries this mesh's shardings, so a checkpoint written on any mesh (8
+  # devices, 1 device, another slice) comes back laid out for this one.
+  state_shardings = sharding_lib.tree_shardings(abstract_state, mesh,
+                                                sharding_lib.rules_of(config))
+  abstract_state = sharding_lib.with_shardings(abstract_state, state_shardings)
+  if is_main:
+    log.info("Mesh %s, %s axes; state shardings:\n%s", dict(mesh.shape),
+             mesh.axis_types[0].name, sharding_lib.describe(state_shardings))
+  state, resumed_from = checkpointer.restore_latest(abstract_state)
+  if state is None:
+    state = sharding_lib.jit(init_state, mesh, out_shardings=state_shardings)(rng)
+    if config.get("init_from"):
+      state = _init_params_from(config.init_from, state, abstract_state, tx)
+      if noise_every:  # the previous-masks slot starts from the loaded weights
+        state["noise_masks"] = pgf.current_masks(state["params"], recipe, 0)
+      state = jax.device_put(state, state_shardings)
+      log.info("Initialised params from %s", config.init_from)
+  else:
+    log.info("Resumed from checkpoint at step %d", resumed_from)
+  return state, resumed_from, state_shardings
+
+
+class StepFns(NamedTuple):
+  """The jitted computations of a run, each on global arrays (every process runs each)."""
+  train_step: Any       # (state, batch) -> (state, metrics)
+  eval_step: Any        # (params, batch) -> {metric: per-batch sum}
+  effective: Any        # (params, opt_state, step) -> the forward weights of that step
+  deployed: Any         # (params, opt_state) -> finalized params (the trained masks)
+  sparsity: Any         # (params, opt_state, step) -> measured fraction of zeros
+  batch_sharding: Any
+  eval_rows: int        # eval batches are padded to a multiple of this
+
+
+def _compile_steps(task: Task, recipe: pgf.Recipe, tx, lr_schedule, mesh, state_shardings,
+                   noise_every: int, train_rng) -> StepFns:
+  model_loss = sharding_lib.auto_model(lambda p, b, r: task.loss_fn(p, b, r, True), mesh)
+  if noise_every:
+    from pgf.analysis import noise as noise_lib  # pylint: disable=g-import-not-at-top
+
+  def train_step(state, batch):
+    step = state["step"]
+    step_rng = jax.random.fold_in(train_rng, step)
+
+    def loss_fn(params):
+      effective = pgf.sparsify(params, recipe, step, masks=_masks(state["opt_state"], recipe))
+      return model_loss(effective, batch, step_rng)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    grad_norm = optax.tree.norm(grads)
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, learning_rate=lr_schedule(step),
+                   finite_loss=jnp.isfinite(loss), finite_grads=jnp.isfinite(grad_norm))
+    new_state = {"step": step + 1, "params": params, "opt_state": opt_state}
+    if noise_every:
+      measure = lambda: noise_lib.noise_stats(state["params"], grads, opt_state, recipe, step,
+                                              state["noise_masks"])
+      skip = lambda: (jax.tree.map(jnp.zeros_like, jax.eval_shape(measure)[0]),
+                      state["noise_masks"])
+      metrics["noise"], new_state["noise_masks"] = jax.lax.cond(
+          step % noise_every == 0, measure, skip)
+    return new_state, metrics
+
+  batch_sharding, replicated = sharding_lib.batch_sharding(mesh), sharding_lib.replicated(mesh)
+  param_shardings = state_shardings["params"]
+  jit = functools.partial(sharding_lib.jit, mesh=mesh)
+  return StepFns(
+      train_step=jit(train_step, in_shardings=(state_shardings, batch_sharding),
+                     out_shardings=(state_shardings, replicated), donate_argnums=(0,)),
+      eval_step=jit(sharding_lib.auto_model(task.eval_fn, mesh),
+                    in_shardings=(param_shardings, batch_sharding), out_shardings=replicated),
+      effective=jit(lambda params, opt_state, step: pgf.sparsify(
+          params, recipe, step, masks=_masks(opt_state, recipe)), out_shardings=param_shardings),
+      # Deployed = the masks the forward pass used (stored ones when mask_update_every > 1).
+      deployed=jit(lambda params, opt_state: pgf.finalize(
+          params, recipe, masks=_masks(opt_state, recipe)), out_shardings=param_shardings),
+      sparsity=jit(lambda params, opt_state, step: matched_sparsity(
+          params, recipe, step, _masks(opt_state, recipe)), out_shardings=replicated),
+      batch_sharding=batch_sharding, eval_rows=sharding_lib.local_multiple(mesh))
+
+
+def _evaluate(task: Task, fns: StepFns, mesh, state) -> dict[str, float]:
+  """Eval metrics of the current forward weights and of the deployed (finalized) model."""
+  out = {}
+  for kind, params in (("current", fns.effective(state["params"], state["opt_state"],
+                                                 state["step"])),
+                       ("deployed", fns.deployed(state["params"], state["opt_state"]))):
+    sums = None
+    for batch in task.eval_batches():
+      batch_sums = fns.eval_step(params, sharding_lib.global_batch(
+          sharding_lib.pad_rows(batch, fns.eval_rows), fns.batch_sharding))
+      sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
+    sums = jax.device_get(sums)
+    count = max(float(sums.pop("count")), 1.0)
+    tokens = max(float(sums.pop("tokens", count)), 1.0)
+    # "X_per_<unit>" is divided by the sum "<unit>s" when eval_fn returns one (e.g. bytes).
+    units = {k.rpartition("_per_")[2] + "s" for k in sums if "_per_" in k} - {"tokens"}
+    totals = {u: max(float(sums.pop(u)), 1.0) for u in units if u in sums}
+    for key, value in sums.items():
+      denominator = tokens if key.startswith("token_") or key.endswith("_per_token") else count
+      denominator = totals.get(key.rpartition("_per_")[2] + "s", denominator)
+      out[f"{kind}_{key}"] = float(value) / denominator
+    if task.extra_eval is not None:
+      for key, value in task.extra_eval(sharding_lib.to_auto(params, mesh)).items():
+        out[f"{kind}_{key}"] = float(value)
+  return out
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -46,8 +46,10 @@ def main():
         os.kill(os.getpid(), signal.SIGTERM)
       batch = train_batch(step)
       if step == spec.get("nan_at"):
-        batch = {k: np.full_like(v, np.nan) if v.dtype.kind == "f" else v
-                 for k, v in batch.items()}
+        # Images travel as uint8, which has no NaN: a float batch of NaNs takes their place
+        # (the task normalises only uint8; a float image goes to the model as it is).
+        batch = {k: np.full(v.shape, np.nan, np.float32) if k == "image" or v.dtype.kind == "f"
+                 else v for k, v in batch.items()}
       return batch
 
     task.train_source.train_batch = faulty_train_batch
