@@ -28,7 +28,7 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 exec > >(tee -a "$OUT/log.txt") 2>&1
 
 # sub-benchmark and its timeout in seconds, in the order they run (the most wanted first).
-SUBS=("masks 45" "step 180" "peer 60" "input 30" "t5 120")
+SUBS=("masks 45" "step 170" "peer 60" "input 55" "t5 120")
 ARGS=()
 if [[ "$SMOKE" == 1 ]]; then
   export JAX_PLATFORMS=cpu
