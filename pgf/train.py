@@ -199,8 +199,9 @@ def _train_and_evaluate(config, workdir: str, stop: dict[str, Any]) -> dict[str,
   local_batch = None
   # Batches are a pure function of (seed, step): the iterator (input worker processes for the
   # TFDS sources) starts at the resumed step and yields what train_batch(step) would.
-  batches = task.train_source.train_batches(start_step)
+  batches = None
   try:
+    batches = task.train_source.train_batches(start_step)
     step = start_step
     while step < total_steps:
       batch = next(batches)
