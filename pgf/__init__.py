@@ -12,8 +12,8 @@ The core (masks, recipes, sparsify, transform) depends only on jax, numpy and op
 
 from pgf.masks import is_nm, nm_mask
 from pgf.recipes import METHODS, Recipe, Rule
-from pgf.sparsify import (check_params, current_masks, finalize, match_leaves, sparsify,
-                          target_masks)
+from pgf.sparsify import (check_params, current_masks, finalize, fit_sdgf_k, match_leaves,
+                          sparsify, target_masks)
 from pgf.transform import (GradientFlowMaskState, GradientFlowState, gradient_flow,
                            masks_from_state, optimizer, step_from_state)
 
@@ -21,6 +21,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "nm_mask", "is_nm", "Recipe", "Rule", "METHODS", "sparsify", "finalize", "target_masks",
-    "check_params", "current_masks", "match_leaves", "gradient_flow", "optimizer",
+    "check_params", "fit_sdgf_k", "current_masks", "match_leaves", "gradient_flow", "optimizer",
     "GradientFlowState", "GradientFlowMaskState", "masks_from_state", "step_from_state",
 ]

@@ -127,7 +127,9 @@ def vit_config(ff: str | None = "1:16", qk: str | None = None, qkv: str | None =
     config.data = ml_collections.ConfigDict(dict(name=arg.dataset or "digits", image_size=16,
                                                  data_dir="", randaugment="", workers=-1))
     # float32 on a CPU; plain softmax cross-entropy without mixup, which 8x8 digits do not need.
-    config.model.update(variant="Ti/4", width=64, depth=4, num_heads=4, mlp_dim=256,
+    # Width 64, or the largest M of the row's rules (1:128 needs 128 inputs per group).
+    width = max([64] + [int(rule[1].split(":")[1]) for rule in config.sparsity.rules])
+    config.model.update(variant="Ti/4", width=width, depth=4, num_heads=4, mlp_dim=4 * width,
                         pool_type="gap", drop_path=0.0, dropout=0.0, dtype="float32")
     config.loss = "softmax_xent"
     config.mixup.update(mixup_alpha=0.0)

@@ -54,6 +54,9 @@ class Rule:
     allow_1d: a rule matching a 1-D leaf (bias, norm scale) is an error unless this is True,
       because broad patterns such as r"fc1/.*" match biases by accident.
     stages: optional SDGF stage list ((n, m), ...) for this rule (method "sdgf_custom").
+    sdgf_k: this rule's SDGF-geometric start multiplier (power of two), overriding the recipe's
+      `sdgf_k`; None uses the recipe's. `pgf.fit_sdgf_k(params, recipe)` sets it where the
+      recipe's k would give a first stage k*N:k*M whose M does not divide a matched kernel.
   """
   pattern: str
   n: int
@@ -61,13 +64,14 @@ class Rule:
   axis: int | tuple[int, ...] | None = None
   stages: tuple[tuple[int, int], ...] | None = None
   allow_1d: bool = False
+  sdgf_k: int | None = None
 
   @property
   def nm(self) -> str:
     return f"{self.n}:{self.m}"
 
 
-RULE_OPTIONS = ("axis", "stages", "allow_1d")
+RULE_OPTIONS = ("axis", "stages", "allow_1d", "sdgf_k")
 
 
 def _as_rule(spec: Any, index: int, problems: list[str]) -> Rule | None:
@@ -106,7 +110,12 @@ def _as_rule(spec: Any, index: int, problems: list[str]) -> Rule | None:
   if not isinstance(allow_1d, bool):
     problems.append(f"{where}: allow_1d={allow_1d!r} must be True or False")
     allow_1d = False
-  return Rule(pattern, n, m, axis, stages, allow_1d)
+  return Rule(pattern, n, m, axis, stages, allow_1d, options.get("sdgf_k"))
+
+
+def _power_of_two(k) -> bool:
+  return (isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1
+          and not k & (k - 1))
 
 
 def _check_nm(n: int, m: int, where: str, problems: list[str]) -> None:
@@ -195,6 +204,8 @@ class Recipe:
               isinstance(rule.axis, tuple) and not all(
                   isinstance(a, int) and not isinstance(a, bool) for a in rule.axis))):
         problems.append(f"{where}: axis={rule.axis!r} must be an int, a tuple of ints or None")
+      if rule.sdgf_k is not None and not _power_of_two(rule.sdgf_k):
+        problems.append(f"{where}: sdgf_k={rule.sdgf_k!r} must be a power of two >= 1")
       if rule.stages is not None:
         if sdgf != "sdgf_custom":
           problems.append(f"{where}: per-rule stages need method 'sdgf_custom' (or "
@@ -249,9 +260,8 @@ class Recipe:
       problems.append(f"sr_ste_lambda={self.sr_ste_lambda!r}: must be >= 0")
     if not isinstance(self.mask_update_every, (int, np.integer)) or self.mask_update_every < 1:
       problems.append(f"mask_update_every={self.mask_update_every!r}: must be an int >= 1")
-    k = self.sdgf_k
-    if not isinstance(k, (int, np.integer)) or k < 1 or k & (k - 1):
-      problems.append(f"sdgf_k={k!r}: must be a power of two >= 1")
+    if not _power_of_two(self.sdgf_k):
+      problems.append(f"sdgf_k={self.sdgf_k!r}: must be a power of two >= 1")
     if self.method != "dense" and not self.rules and not problems:
       problems.append(f"rules=(): method {self.method!r} needs at least one rule")
 
@@ -372,7 +382,7 @@ class Recipe:
       return tuple((c, m) for c in dict.fromkeys(c for c in counts if c >= n))
     if self.sdgf == "sdgf_geometric":
       # k*N:k*M -> ... -> 2N:2M -> N:M (1:8, k=16: 16:128, 8:64, 4:32, 2:16, 1:8).
-      out, k = [], self.sdgf_k
+      out, k = [], self.sdgf_k if rule.sdgf_k is None else rule.sdgf_k
       while k >= 1:
         out.append((k * n, k * m))
         k //= 2
@@ -421,7 +431,8 @@ class Recipe:
     out = dataclasses.asdict(self)
     out["rules"] = [
         {"pattern": r.pattern, "nm": r.nm, "axis": r.axis, "allow_1d": r.allow_1d,
-         "stages": None if r.stages is None else [f"{a}:{b}" for a, b in r.stages]}
+         "stages": None if r.stages is None else [f"{a}:{b}" for a, b in r.stages],
+         "sdgf_k": r.sdgf_k}
         for r in self.rules]
     return out
 

@@ -7,6 +7,7 @@ Leaves are addressed by the "/"-joined key path of the params pytree (e.g.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Mapping
 
@@ -125,12 +126,58 @@ def check_params(params, recipe: Recipe, allow_unmatched_rules: bool = False) ->
     length = math.prod(shape[a] for a in axes)
     for n, m in recipe.stages(rule):
       if length % m:
-        hint = " (lower sdgf_k)" if recipe.sdgf == "sdgf_geometric" and m != rule.m else ""
+        hint = (" (lower sdgf_k, or let pgf.fit_sdgf_k(params, recipe) choose it per rule)"
+                if recipe.sdgf == "sdgf_geometric" and m != rule.m else "")
         problems.append(f"{path} shape {shape}: rules[{index}] '{n}:{m}' needs the length "
                         f"{length} of axis {axis!r} to be divisible by {m}{hint}")
   if problems:
     raise ValueError("pgf recipe does not fit these params:\n  - " + "\n  - ".join(problems))
   return matched
+
+
+def fit_sdgf_k(params, recipe: Recipe) -> tuple[Recipe, list[str]]:
+  """The recipe with each rule's SDGF-geometric k lowered until every stage fits the params.
+
+  Geometric stages run k*N:k*M, ..., 2N:2M, N:M, so the first stage needs every matched kernel's
+  grouped axis to be divisible by k*M: ViT-B's 768-wide FF input cannot hold 8:1024 (1:128 at
+  k = 8). For each rule without its own `sdgf_k`, this picks the largest power of two <= the
+  recipe's `sdgf_k` whose k*M divides the grouped axis of every leaf the rule matches, and sets
+  it on the rule. Rules that already fit, rules whose target M itself does not divide (left for
+  `check_params` to report) and recipes without SDGF-geometric come back unchanged.
+
+  Returns:
+    (recipe, notes): the fitted recipe and one line per changed rule, for the log.
+  """
+  if recipe.sdgf != "sdgf_geometric":
+    return recipe, []
+  lengths: dict[int, set[int]] = {}
+  for path, (index, shape) in match_leaves(params, recipe).items():
+    rule = recipe.rules[index]
+    if _rank_problem(path, index, rule, shape):
+      continue
+    try:
+      axes = normalize_axes(shape, rule_axis(rule, shape))
+    except ValueError:
+      continue
+    lengths.setdefault(index, set()).add(math.prod(shape[a] for a in axes))
+  rules, notes = list(recipe.rules), []
+  for index, found in sorted(lengths.items()):
+    rule = rules[index]
+    if rule.sdgf_k is not None or any(length % rule.m for length in found):
+      continue
+    k = recipe.sdgf_k
+    while k > 1 and any(length % (k * rule.m) for length in found):
+      k //= 2
+    if k != recipe.sdgf_k:
+      rules[index] = dataclasses.replace(rule, sdgf_k=k)
+      stages = " -> ".join(f"{k // 2**i * rule.n}:{k // 2**i * rule.m}"
+                           for i in range(k.bit_length()))
+      notes.append(f"rules[{index}] {rule.pattern!r} {rule.nm}: sdgf_k {recipe.sdgf_k} -> {k} "
+                   f"(grouped axis length {', '.join(map(str, sorted(found)))} is not divisible "
+                   f"by {recipe.sdgf_k * rule.m}); geometric stages {stages}")
+  if not notes:
+    return recipe, []
+  return dataclasses.replace(recipe, rules=tuple(rules)), notes
 
 
 def _example_paths(params, limit: int = 3) -> str:

@@ -126,7 +126,12 @@ def preflight(config, process_index: int = 0, process_count: int = 1):
     total_steps = total_steps_of(config, task)
     try:
       recipe = build_recipe(config, total_steps)
-      pgf.check_params(jax.eval_shape(task.init_fn, jax.random.key(0)), recipe)
+      abstract_params = jax.eval_shape(task.init_fn, jax.random.key(0))
+      # SDGF-geometric's first stage k*N:k*M must divide each kernel: lower k per rule if not.
+      recipe, notes = pgf.fit_sdgf_k(abstract_params, recipe)
+      for note in notes:
+        log.info("config.sparsity.sdgf_k=%d does not fit: %s", config.sparsity.sdgf_k, note)
+      pgf.check_params(abstract_params, recipe)
     except ValueError as e:
       problems.extend(f"config.sparsity.rules: {line.strip(' -')}"
                       for line in str(e).splitlines()[1:])

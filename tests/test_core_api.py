@@ -260,3 +260,55 @@ def test_the_package_explains_itself():
     text = f.read()
   for method in pgf.METHODS:
     assert f"`{method}`" in text, method
+
+
+# ------------------------------------------------------------------ SDGF-geometric k per rule
+def _kernels(**shapes):
+  return {name: jax.ShapeDtypeStruct(shape, jnp.float32) for name, shape in shapes.items()}
+
+
+def test_fit_sdgf_k_lowers_k_per_rule_until_every_stage_divides():
+  # ViT-B at 1:128: fc1 groups 768 inputs, fc2 3072. k=8 would start at 8:1024 (768 % 1024 != 0).
+  params = {"fc1": _kernels(kernel=(768, 3072)), "fc2": _kernels(kernel=(3072, 768)),
+            "qk": _kernels(kernel=(768, 12, 64))}
+  recipe = pgf.Recipe(method="sdgf_geometric", total_steps=1000, sdgf_k=8,
+                      rules=((r"fc[12]/kernel", "1:128"), (r"qk/kernel", "1:4", 0)))
+  with pytest.raises(ValueError, match=r"8:1024.*let pgf.fit_sdgf_k"):
+    pgf.check_params(params, recipe)
+  fitted, notes = pgf.fit_sdgf_k(params, recipe)
+  # 768 = 3 * 256: the largest power of two k with k*128 | 768 and k*128 | 3072 is 2.
+  assert fitted.rules[0].sdgf_k == 2
+  assert fitted.stages(0) == ((2, 256), (1, 128))
+  assert fitted.rules[1].sdgf_k is None and fitted.stages(1) == recipe.stages(1)  # 8:32 fits
+  assert len(notes) == 1 and "sdgf_k 8 -> 2" in notes[0] and "768, 3072" in notes[0]
+  pgf.check_params(params, fitted)
+  assert pgf.Recipe.from_dict(json.loads(json.dumps(fitted.to_dict()))) == fitted
+  # The fitted schedule runs end to end on real arrays and ends exact 1:128.
+  real = jax.tree.map(lambda s: jax.random.normal(jax.random.key(0), s.shape), params)
+  for step in (0, 100, 500, 999):
+    pgf.sparsify(real, fitted, step)
+  final = pgf.finalize(real, fitted)
+  assert bool(pgf.is_nm(final["fc1"]["kernel"] != 0, 1, 128, 0))
+
+
+def test_fit_sdgf_k_leaves_what_it_should_not_touch():
+  params = {"fc": _kernels(kernel=(96, 32))}
+  other = pgf.Recipe(method="sdgf_stepwise", total_steps=100, rules=((r"fc/kernel", "1:32"),))
+  assert pgf.fit_sdgf_k(params, other) == (other, [])
+  fits = pgf.Recipe(method="mdgf_exp+sdgf_geometric", total_steps=100, sdgf_k=2,
+                    rules=((r"fc/kernel", "1:16"),))
+  assert pgf.fit_sdgf_k(params, fits) == (fits, [])  # 2:32 divides 96
+  # A target M that does not divide is check_params' error to report, not fit's to hide.
+  bad = pgf.Recipe(method="sdgf_geometric", total_steps=100, rules=((r"fc/kernel", "1:64"),))
+  assert pgf.fit_sdgf_k(params, bad) == (bad, [])
+  with pytest.raises(ValueError, match="divisible by 64"):
+    pgf.check_params(params, bad)
+  # An explicit per-rule k is the user's choice and is kept (and checked).
+  pinned = pgf.Recipe(method="sdgf_geometric", total_steps=100,
+                      rules=((r"fc/kernel", "1:16", {"sdgf_k": 4}),))
+  assert pgf.fit_sdgf_k(params, pinned) == (pinned, [])
+  with pytest.raises(ValueError, match="4:64"):
+    pgf.check_params(params, pinned)
+  with pytest.raises(ValueError, match=r"rules\[0\].*sdgf_k=3 must be a power of two"):
+    pgf.Recipe(method="sdgf_geometric", total_steps=100,
+               rules=((r"fc/kernel", "1:16", {"sdgf_k": 3}),))

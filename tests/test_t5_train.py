@@ -121,6 +121,22 @@ def test_demo_pretrain_then_demo_sparse_finetune(tmp_path):
   assert np.count_nonzero(out) == out.size  # the attention output projection stays dense
 
 
+def test_every_t5_config_runs_every_method_on_t5_base():
+  model = t5.T5(t5.get_config("base", vocab_size=32128))
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32),
+                                             jnp.ones((1, 4), jnp.int32)))["params"]
+  for path in T5_CONFIGS:
+    if path.endswith("t5_pretrain.py"):
+      continue
+    for method in ("dense", "sr_ste", "mdgf_linear", "mdgf_exp", "sdgf_stepwise",
+                   "sdgf_geometric", "mdgf_exp+sdgf_geometric"):
+      config = config_lib.load(f"{path}:method={method}")
+      config_lib.validate(config)
+      recipe, notes = pgf.fit_sdgf_k(params, build_recipe(config, config.total_steps))
+      assert not notes, (path, method, notes)  # T5-Base's 768 / 2048 widths hold k = 8
+      pgf.check_params(params, recipe)
+
+
 @pytest.mark.parametrize("path", T5_CONFIGS, ids=os.path.basename)
 def test_every_t5_config_builds_its_recipe_for_t5_base(path):
   config = config_lib.load(path)

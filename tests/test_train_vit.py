@@ -84,6 +84,44 @@ def test_demo_trains_and_deploys_exact_nm(tmp_path):
   assert written["deployed_accuracy"] == summary["deployed_accuracy"]
 
 
+FIT_METHODS = ("dense", "sr_ste", "mdgf_linear", "mdgf_exp", "sdgf_stepwise", "sdgf_geometric",
+               "mdgf_exp+sdgf_geometric")
+
+
+def test_every_vit_config_runs_every_method_on_vit_b16():
+  """Every paper row x every method fits ViT-B/16's kernels as the trainer builds it (with
+  SDGF-geometric's k lowered per rule where 8*M does not divide, e.g. 1:128's 768-wide fc1)."""
+  model = vit_lib.ViT(num_classes=1000, **vit_lib.decode_variant("B/16"))
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 224, 224, 3)),
+                                             train=False))["params"]
+  lowered = {}
+  for path in VIT_CONFIGS:
+    for method in FIT_METHODS:
+      config = load_config(path, f"method={method}")
+      config_lib.validate(config)
+      recipe, notes = pgf.fit_sdgf_k(params, build_recipe(config, 100_000))
+      pgf.check_params(params, recipe)
+      if notes:
+        lowered[(os.path.basename(path), method)] = [r.sdgf_k for r in recipe.rules]
+  # Only 1:128 needs it: k=2 (2:256 divides 768); every other row keeps the released k = 8.
+  assert lowered == {("vit_1_128.py", m): [2] for m in ("sdgf_geometric",
+                                                       "mdgf_exp+sdgf_geometric")}
+
+
+def test_every_vit_demo_runs_every_method():
+  """The `:demo` twin of every row fits its small model with every method (1:128 widens it)."""
+  from pgf import tasks  # pylint: disable=g-import-not-at-top
+  for path in VIT_CONFIGS:
+    for method in FIT_METHODS:
+      config = load_config(path, f"demo,method={method}")
+      config_lib.validate(config)
+      model = tasks.vit_model(config, 10)
+      params = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 16, 16, 1)),
+                                                 train=False))["params"]
+      recipe, _ = pgf.fit_sdgf_k(params, build_recipe(config, config.total_steps))
+      pgf.check_params(params, recipe)
+
+
 @pytest.mark.parametrize("path", VIT_CONFIGS, ids=os.path.basename)
 def test_every_vit_config_builds_its_recipe_for_vit_b16(path):
   config = load_config(path)
