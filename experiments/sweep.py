@@ -49,6 +49,7 @@ class Cell:
   seed: int = 0
   metric: str = "deployed_accuracy"
   after: str = ""         # name of a cell that must finish first (dense pre-training)
+  workdir: str = ""       # a workdir outside --out (a pre-training shared with another grid)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +60,8 @@ class Grid:
   metric_label: str
   baseline: str = ""      # summary key of a reference value (e.g. the majority class)
   baseline_label: str = "Majority-class baseline"
+  pattern_label: str = "N:M target (sparsity)"  # what a cell's pattern is (table and plot axis)
+  noise_study: bool = False  # also plot the paper's Fig. 3 (running average of var(ν))
 
 
 def sdgf_k_for(pattern: str, contracting: int) -> int:
@@ -109,32 +112,128 @@ def t5_shakespeare(methods, patterns, seeds, steps) -> Grid:
   steps = steps or 200
   cells = []
   for seed in seeds:
-    pretrain = Cell(f"pretrain_s{seed}", "configs/t5_pretrain.py:demo",
-                    tuple({**T5_GRID_SIZES, "seed": seed, "total_steps": 500, "eval_every": 0,
-                           "log_every": 50, "checkpoint_every": 250, "keep_checkpoints": 1,
-                           "optim.warmup_steps": 50}.items()),
-                    "pretrain", "", seed, "current_bits_per_byte")
+    pretrain = _t5_pretrain(seed)
     cells.append(pretrain)
     for pattern in patterns:
       for method in methods:
-        overrides = {
-            **T5_GRID_SIZES, "seed": seed, "total_steps": steps, "log_every": max(steps // 10, 1),
-            "eval_every": 0, "checkpoint_every": max(steps // 2, 1), "keep_checkpoints": 1,
-            "optim.warmup_steps": max(steps // 20, 1), "data.name": "shakespeare_next_line",
-            "data.input_length": 96, "data.target_length": 48, "sparsity.method": method,
-            "sparsity.rules": ((config_lib.T5_FF, pattern),),
-            "sparsity.sdgf_k": sdgf_k_for(pattern, T5_GRID_SIZES["model.emb_dim"]),
-            "init_from": f"{{out}}/runs/{pretrain.name}", "noise_every": max(steps // 20, 1)}
-        cells.append(Cell(f"{method}_{pattern.replace(':', 'of')}_s{seed}",
-                          "configs/t5_1_4.py:demo", tuple(overrides.items()), method, pattern,
-                          seed, "deployed_bits_per_byte", after=pretrain.name))
-  return Grid(tuple(cells), "deployed_bits_per_byte",
-              "deployed next-line bits per byte on held-out plays (Shakespeare; lower is better)",
+        cells.append(_t5_finetune(
+            f"{method}_{pattern.replace(':', 'of')}_s{seed}", pretrain, method, pattern, seed,
+            steps, ((config_lib.T5_FF, pattern),),
+            extra={"sparsity.sdgf_k": sdgf_k_for(pattern, T5_GRID_SIZES["model.emb_dim"])}))
+  return Grid(tuple(cells), "deployed_bits_per_byte", T5_BITS,
               baseline="current_unigram_bits_per_byte",
               baseline_label="Unigram byte entropy of the same targets")
 
 
-GRIDS = {"vit_digits": vit_digits, "t5_shakespeare": t5_shakespeare}
+def _t5_pretrain(seed: int, shared_runs: str = "") -> Cell:
+  """The dense span-corruption pre-training of `seed` (the T5 grids all fine-tune from it)."""
+  return Cell(f"pretrain_s{seed}", "configs/t5_pretrain.py:demo",
+              tuple({**T5_GRID_SIZES, "seed": seed, "total_steps": 500, "eval_every": 0,
+                     "log_every": 50, "checkpoint_every": 250, "keep_checkpoints": 1,
+                     "optim.warmup_steps": 50}.items()),
+              "pretrain", "", seed, "current_bits_per_byte",
+              workdir=os.path.join(shared_runs, f"pretrain_s{seed}") if shared_runs else "")
+
+
+def _t5_finetune(name, pretrain: Cell, method, pattern, seed, steps, rules, noise_every=0,
+                 extra=None) -> Cell:
+  overrides = {
+      **T5_GRID_SIZES, "seed": seed, "total_steps": steps, "log_every": max(steps // 10, 1),
+      "eval_every": 0, "checkpoint_every": max(steps // 2, 1), "keep_checkpoints": 1,
+      "optim.warmup_steps": max(steps // 20, 1), "data.name": "shakespeare_next_line",
+      "data.input_length": 96, "data.target_length": 48, "sparsity.method": method,
+      "sparsity.rules": rules, "init_from": pretrain.workdir or f"{{out}}/runs/{pretrain.name}",
+      "noise_every": noise_every or max(steps // 20, 1), **(extra or {})}
+  return Cell(name, "configs/t5_1_4.py:demo", tuple(overrides.items()), method, pattern, seed,
+              "deployed_bits_per_byte", after=pretrain.name)
+
+
+# The FF grid's per-seed pre-trainings, which the QKV grid and the noise study fine-tune from
+# (a rerun of the same pre-training is bit-identical on one machine, so either may create them).
+T5_SHARED_RUNS = os.path.join(ROOT, "experiments", "results", "t5_shakespeare", "runs")
+T5_BITS = "deployed next-line bits per byte on held-out plays (Shakespeare; lower is better)"
+
+
+def t5_shakespeare_qkv(methods, patterns, seeds, steps, ff: str = "1:8") -> Grid:
+  """The paper's Table 4 QKV rows at CPU scale: FF at `ff` plus Q, K, V of every attention
+  (encoder self, decoder self, decoder cross) at each pattern, fine-tuned from the FF grid's
+  pre-trainings (same seeds, same 200 steps, same task and model)."""
+  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  steps = steps or 200
+  cells = []
+  for seed in seeds:
+    pretrain = _t5_pretrain(seed, T5_SHARED_RUNS)
+    cells.append(pretrain)
+    for pattern in patterns:
+      rules = ((config_lib.T5_FF, ff), (config_lib.T5_QKV, pattern))
+      for method in methods:
+        cells.append(_t5_finetune(
+            f"{method}_ff{ff.replace(':', 'of')}_qkv{pattern.replace(':', 'of')}_s{seed}",
+            pretrain, method, pattern, seed, steps, rules,
+            extra={"sparsity.sdgf_k": sdgf_k_for(pattern, T5_GRID_SIZES["model.emb_dim"])}))
+  return Grid(tuple(cells), "deployed_bits_per_byte", T5_BITS,
+              baseline="current_unigram_bits_per_byte",
+              baseline_label="Unigram byte entropy of the same targets",
+              pattern_label=f"Q/K/V pattern, with FF at {ff} (sparsity of Q/K/V)")
+
+
+NOISE_METHODS = ("dense", "sr_ste", "mdgf_exp")
+
+
+def vit_digits_noise(methods, patterns, seeds, steps) -> Grid:
+  """The paper's noise study (§4, Fig. 3) as closely as a CPU allows: its tiny ViT (3 blocks,
+  3 heads, width 192, MLP 768) with AdamW at batch 64 and FF at 1:16, on digits (not CIFAR-10)
+  at their native 8x8 (4 patches of 4x4, so 12,000 steps fit a CPU), for 12,000 steps (20x the
+  ViT grid's 600), gradient-noise statistics every 40 steps."""
+  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  steps = steps or 12_000
+  every = max(steps // 300, 1)
+  cells = []
+  for seed in seeds:
+    for pattern in patterns:
+      for method in methods:
+        overrides = {
+            "seed": seed, "total_steps": steps, "batch_size": 64, "log_every": max(steps // 40, 1),
+            "eval_every": max(steps // 4, 1), "checkpoint_every": max(steps // 6, 1),
+            "keep_checkpoints": 1, "data.image_size": 8, "model.width": 192, "model.depth": 3,
+            "model.num_heads": 3,
+            "model.mlp_dim": 768, "optim.warmup_steps": max(steps // 40, 1),
+            "sparsity.method": method, "sparsity.rules": ((config_lib.VIT_FF, pattern),),
+            "noise_every": every}
+        cells.append(Cell(f"noise_{method}_{pattern.replace(':', 'of')}_s{seed}",
+                          "configs/vit_1_16.py:demo", tuple(overrides.items()), method,
+                          pattern, seed))
+  return Grid(tuple(cells), "deployed_accuracy", "deployed test accuracy (digits)",
+              noise_study=True)
+
+
+def t5_shakespeare_noise(methods, patterns, seeds, steps) -> Grid:
+  """The noise study on the T5 fine-tune: the FF grid's task and model, FF at 1:16, for 4,000
+  steps (20x the grid's 200) from the seed's shared pre-training, statistics every 20 steps."""
+  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  steps = steps or 4000
+  cells = []
+  for seed in seeds:
+    pretrain = _t5_pretrain(seed, T5_SHARED_RUNS)
+    cells.append(pretrain)
+    for pattern in patterns:
+      for method in methods:
+        cells.append(_t5_finetune(
+            f"noise_{method}_{pattern.replace(':', 'of')}_s{seed}", pretrain, method, pattern,
+            seed, steps, ((config_lib.T5_FF, pattern),), noise_every=max(steps // 200, 1),
+            extra={"checkpoint_every": max(steps // 4, 1)}))
+  return Grid(tuple(cells), "deployed_bits_per_byte", T5_BITS,
+              baseline="current_unigram_bits_per_byte",
+              baseline_label="Unigram byte entropy of the same targets", noise_study=True)
+
+
+GRIDS = {"vit_digits": vit_digits, "t5_shakespeare": t5_shakespeare,
+         "t5_shakespeare_qkv": t5_shakespeare_qkv, "vit_digits_noise": vit_digits_noise,
+         "t5_shakespeare_noise": t5_shakespeare_noise}
+# (methods, patterns, seeds) a grid runs when the command line does not say.
+GRID_DEFAULTS = {"t5_shakespeare_qkv": (METHODS, ("1:8", "1:4"), SEEDS),
+                 "vit_digits_noise": (NOISE_METHODS, ("1:16",), (0,)),
+                 "t5_shakespeare_noise": (NOISE_METHODS, ("1:16",), (0,))}
 
 
 # ----------------------------------------------------------------------------- running
@@ -153,8 +252,12 @@ def workdir_of(out: str, name: str) -> str:
   return os.path.join(out, "runs", name)
 
 
+def cell_workdir(out: str, cell: Cell) -> str:
+  return cell.workdir or workdir_of(out, cell.name)
+
+
 def launch(cell: Cell, out: str, threads_env: dict) -> tuple[Cell, float, str]:
-  workdir = workdir_of(out, cell.name)
+  workdir = cell_workdir(out, cell)
   if os.path.exists(os.path.join(workdir, "summary.json")):
     return cell, 0.0, "skipped (done)"
   spec = {"config": cell.config, "overrides": list(cell.overrides), "workdir": workdir,
@@ -175,7 +278,7 @@ def run_grid(grid: Grid, out: str, workers: int) -> None:
   if workers > 1:
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + ONE_THREAD).strip()
   done = {c.name for c in grid.cells
-          if os.path.exists(os.path.join(workdir_of(out, c.name), "summary.json"))}
+          if os.path.exists(os.path.join(cell_workdir(out, c), "summary.json"))}
   pending = [c for c in grid.cells if c.name not in done]
   failed = set()
   print(f"{len(grid.cells)} runs, {len(done)} already done, {workers} workers", flush=True)
@@ -209,7 +312,7 @@ def run_grid(grid: Grid, out: str, workers: int) -> None:
 def collect(grid: Grid, out: str) -> list[dict]:
   rows = []
   for cell in grid.cells:
-    path = os.path.join(workdir_of(out, cell.name), "summary.json")
+    path = os.path.join(cell_workdir(out, cell), "summary.json")
     if not os.path.exists(path):
       continue
     with open(path) as f:
@@ -253,7 +356,8 @@ def markdown_table(rows: list[dict], grid: Grid) -> str:
   sparse_rows = [r for r in rows if r["method"] != "pretrain"]
   methods = [m for m in METHODS if any(r["method"] == m for r in sparse_rows)]
   patterns = sorted({r["pattern"] for r in sparse_rows if r["pattern"]}, key=density, reverse=True)
-  lines = [f"{grid.metric_label}, mean ± std over seeds (n runs)", "",
+  lines = [f"{grid.metric_label}, mean ± std over seeds (n runs); columns: {grid.pattern_label}",
+           "",
            "| method | " + " | ".join(patterns) + " |",
            "|---|" + "---|" * len(patterns)]
   for method in methods:
@@ -323,31 +427,40 @@ def write_reports(grid: Grid, out: str) -> None:
   from pgf.analysis import plots  # pylint: disable=g-import-not-at-top
   sparse = [r for r in rows if r["method"] != "pretrain"]
   plots.plot_sweep(sparse, os.path.join(out, "metric_vs_sparsity.png"),
-                   metric_label=grid.metric_label)
+                   metric_label=grid.metric_label, xlabel=grid.pattern_label)
   # The sparse methods' differences are small next to one-shot pruning's; plot them paired.
   paired = [r for r in paired_rows(sparse) if r["method"] != "dense"]
   if paired:
     plots.plot_sweep(paired, os.path.join(out, "paired_vs_sr_ste.png"),
                      metric_label=f"{grid.metric_label.split(' (')[0]} minus SR-STE's",
-                     title="difference to SR-STE at the same seed: mean ± std over seeds")
+                     title="difference to SR-STE at the same seed: mean ± std over seeds",
+                     xlabel=grid.pattern_label)
+  cells = {c.name: c for c in grid.cells}
   noise_runs = {}
   target = "1:16" if any(r["pattern"] == "1:16" for r in sparse) else sparse[0]["pattern"]
   for r in sparse:
     if r["pattern"] == target and r["seed"] == min(x["seed"] for x in sparse):
-      noise_runs[r["method"]] = workdir_of(out, r["name"])
+      noise_runs[r["method"]] = cell_workdir(out, cells[r["name"]])
   plots.plot_noise_from_workdirs(noise_runs, os.path.join(out, "noise.png"),
-                                 title=f"gradient noise, FF at {target}")
+                                 title=f"gradient noise, {target}")
+  if grid.noise_study:
+    series = {m: plots.runs.read_metrics(w, kind="noise") for m, w in noise_runs.items()}
+    plots.plot_noise_study(series, os.path.join(out, "noise_fig3.png"),
+                           title=f"{grid.metric_label.split(' (')[0]}: gradient noise over the "
+                                 f"FF kernels at {target}, seed {min(r['seed'] for r in sparse)}")
   print(f"wrote {out}/results.csv, table.md, metric_vs_sparsity.png, paired_vs_sr_ste.png, "
-        "noise.png")
+        "noise.png" + (", noise_fig3.png" if grid.noise_study else ""))
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--grid", choices=sorted(GRIDS))
   parser.add_argument("--out")
-  parser.add_argument("--methods", default=",".join(METHODS))
-  parser.add_argument("--patterns", default=",".join(PATTERNS))
-  parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+  parser.add_argument("--methods", help=f"default: {','.join(METHODS)} (noise grids: "
+                      f"{','.join(NOISE_METHODS)})")
+  parser.add_argument("--patterns", help=f"default: {','.join(PATTERNS)} (the QKV grid: the "
+                      "Q/K/V patterns 1:8,1:4 with FF at 1:8; noise grids: 1:16)")
+  parser.add_argument("--seeds", help="default: 0,1,2 (noise grids: 0)")
   parser.add_argument("--steps", type=int, default=0, help="override the runs' total steps (T5: the fine-tunes')")
   parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
   parser.add_argument("--report-only", action="store_true")
@@ -358,6 +471,10 @@ def main():
     return
   if not args.grid or not args.out:
     parser.error("--grid and --out are required")
+  defaults = GRID_DEFAULTS.get(args.grid, (METHODS, PATTERNS, SEEDS))
+  args.methods = ",".join(defaults[0]) if args.methods is None else args.methods
+  args.patterns = ",".join(defaults[1]) if args.patterns is None else args.patterns
+  args.seeds = ",".join(map(str, defaults[2])) if args.seeds is None else args.seeds
   methods = tuple(m for m in args.methods.split(",") if m)
   unknown = set(methods) - set(METHODS)
   if unknown:

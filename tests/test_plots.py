@@ -129,3 +129,15 @@ def test_cli_schedule_and_curves(tmp_path):
        f"--workdir={run}", f"--out={out}"], cwd=ROOT, capture_output=True, text=True, env=env)
   assert result.returncode == 0, result.stderr
   assert_png(out)
+
+
+def test_running_average_and_the_noise_study_figure(tmp_path):
+  np.testing.assert_allclose(plots.running_average(np.array([np.nan, 2.0, 4.0, np.nan, 6.0])),
+                             [np.nan, 2.0, 3.0, 3.0, 4.0])
+  records = lambda scale: [{"step": s, "nu_var_all": scale * (1 + s), "grad_abs_var_all": 1e-6 * s}
+                           for s in range(0, 100, 10)]
+  out = plots.plot_noise_study({"sr_ste": records(2.0), "mdgf_exp": records(1.0), "dense": []},
+                               str(tmp_path / "fig3.png"))
+  assert os.path.getsize(out) > 1000
+  with pytest.raises(ValueError, match="no noise records"):
+    plots.plot_noise_study({"dense": []}, str(tmp_path / "none.png"))

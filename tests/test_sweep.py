@@ -32,27 +32,44 @@ def test_sdgf_k_fits_the_contracting_axis():
 
 @pytest.mark.parametrize("name", sorted(sweep.GRIDS))
 def test_full_grids_are_the_issue_grids_and_every_cell_passes_preflight(name):
-  grid = sweep.GRIDS[name](sweep.METHODS, sweep.PATTERNS, sweep.SEEDS, 0)
+  methods, patterns, seeds = sweep.GRID_DEFAULTS.get(name, (sweep.METHODS, sweep.PATTERNS,
+                                                            sweep.SEEDS))
+  grid = sweep.GRIDS[name](methods, patterns, seeds, 0)
   sparse = [c for c in grid.cells if c.method != "pretrain"]
-  assert len(sparse) == 7 * 4 * 3
   assert {(c.method, c.pattern, c.seed) for c in sparse} == {
-      (m, p, s) for m in sweep.METHODS for p in sweep.PATTERNS for s in sweep.SEEDS}
+      (m, p, s) for m in methods for p in patterns for s in seeds}
+  assert len(sparse) == len(methods) * len(patterns) * len(seeds)
   assert len({c.name for c in grid.cells}) == len(grid.cells)
   pretrain = [c for c in grid.cells if c.method == "pretrain"]
-  assert len(pretrain) == (3 if name == "t5_shakespeare" else 0)
+  assert len(pretrain) == (len(seeds) if name.startswith("t5_") else 0)
+  if name in ("t5_shakespeare_qkv", "t5_shakespeare_noise"):
+    # They fine-tune from the FF grid's pre-trainings (the same cells, in its workdir).
+    ff = {c.name: c for c in sweep.t5_shakespeare(("dense",), ("1:4",), seeds, 0).cells}
+    for cell in pretrain:
+      assert cell.workdir == os.path.join(sweep.T5_SHARED_RUNS, cell.name)
+      assert cell.overrides == ff[cell.name].overrides and cell.config == ff[cell.name].config
   for cell in grid.cells:
     assert not cell.after or cell.after in {c.name for c in pretrain}
     config = cell_config(cell)
     if cell.method != "pretrain":
-      assert config.sparsity.method == cell.method
-      assert config.sparsity.rules[0][1] == cell.pattern and config.noise_every > 0
+      assert config.sparsity.method == cell.method and config.noise_every > 0
+      if name == "t5_shakespeare_qkv":
+        assert [r[1] for r in config.sparsity.rules] == ["1:8", cell.pattern]
+        assert config.sparsity.rules[1][0] == config_lib.T5_QKV
+        assert config.init_from == os.path.join(sweep.T5_SHARED_RUNS, f"pretrain_s{cell.seed}")
+      else:
+        assert [r[1] for r in config.sparsity.rules] == [cell.pattern]
     # Model-dependent checks (rule fit, SDGF stages) need the params; preflight has them.
     if cell.seed == 0:
       preflight(config)
-  if name == "t5_shakespeare":  # pre-training and fine-tuning build the same model
+  if name.startswith("t5_"):  # pre-training and fine-tuning build the same model
     sizes = [dict(cell_config(c).model) for c in (pretrain[0], sparse[0])]
     for field in ("emb_dim", "mlp_dim", "num_heads", "head_dim", "num_encoder_layers"):
       assert sizes[0][field] == sizes[1][field]
+  if name == "vit_digits_noise":  # the paper's tiny ViT, AdamW, batch 64, 20x the grid's steps
+    config = cell_config(sparse[0])
+    assert (config.model.width, config.model.depth, config.model.num_heads) == (192, 3, 3)
+    assert config.batch_size == 64 and config.total_steps == 20 * 600
 
 
 def test_bad_grid_arguments_are_named(capsys, monkeypatch):

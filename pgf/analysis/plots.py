@@ -26,7 +26,7 @@ from pgf.analysis.schedule import schedule_arrays
 from pgf.recipes import Recipe
 
 __all__ = ["plot_schedule", "plot_curves", "plot_sweep", "read_results_csv", "plot_noise",
-           "plot_noise_from_workdirs", "NOISE_KEYS"]
+           "plot_noise_from_workdirs", "plot_noise_study", "running_average", "NOISE_KEYS"]
 
 NOISE_KEYS = ("grad_abs_var_all", "grad_abs_var_kept", "grad_abs_var_pruned", "nu_var_all",
               "nu_var_kept", "nu_var_pruned", "mask_flip_fraction")
@@ -204,7 +204,7 @@ def _density(pattern: str) -> float:
 
 
 def plot_sweep(rows, out: str, metric_label: str = "metric", value_key: str = "value",
-               title: str | None = None) -> str:
+               title: str | None = None, xlabel: str = "N:M target (sparsity)") -> str:
   """Metric vs N:M sparsity, one line per method, mean ± std (ddof 1) over seeds.
 
   Args:
@@ -213,6 +213,8 @@ def plot_sweep(rows, out: str, metric_label: str = "metric", value_key: str = "v
       skipped (e.g. a dense pre-training run).
     out: PNG path.
     metric_label: y-axis label.
+    xlabel: x-axis label (what the pattern column is, e.g. the Q/K/V pattern of a grid whose
+      FF pattern is fixed).
   """
   if isinstance(rows, (str, os.PathLike)):
     rows = read_results_csv(os.fspath(rows))
@@ -243,7 +245,7 @@ def plot_sweep(rows, out: str, metric_label: str = "metric", value_key: str = "v
                 capsize=3, label=method, color=f"C{i % 10}")
   ax.set_xticks([positions[p] for p in patterns])
   ax.set_xticklabels([f"{p}\n{1 - _density(p):.1%}" for p in patterns])
-  ax.set_xlabel("N:M target (sparsity)")
+  ax.set_xlabel(xlabel)
   # Long labels wrap instead of running off the figure.
   ax.set_ylabel("\n".join(textwrap.wrap(metric_label, 40)))
   seeds = max(len(v) for by_pattern in cells.values() for v in by_pattern.values())
@@ -313,6 +315,49 @@ def plot_noise(series: Mapping[str, Sequence[Mapping[str, Any]]], out: str,
       fig.legend(handles, labels, loc="lower right", fontsize=8)
   fig.suptitle(title or "gradient noise over the sparsified kernels"
                + (f" (EMA {smooth:g})" if smooth else ""))
+  return _save(fig, out)
+
+
+def running_average(values: np.ndarray) -> np.ndarray:
+  """Mean of all finite values up to each point (NaN before the first), the paper's Fig. 3
+  smoothing: late points weigh the whole history, so a variance that keeps climbing shows."""
+  values = np.asarray(values, np.float64)
+  finite = np.isfinite(values)
+  counts = np.cumsum(finite)
+  sums = np.cumsum(np.where(finite, values, 0.0))
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def plot_noise_study(series: Mapping[str, Sequence[Mapping[str, Any]]], out: str,
+                     title: str | None = None) -> str:
+  """The paper's Fig. 3 panels for a set of runs ({method: noise records}).
+
+  Left: the running average of the variance of Adam's second moment ν over the sparsified
+  kernels (linear axis, as the paper plots it); middle: the same on a log axis (methods can
+  differ by decades); right: the variance of |gradient| over the sparsified kernels (log axis,
+  EMA-smoothed, 0.9).
+  """
+  series = {label: records for label, records in series.items() if records}
+  if not series:
+    raise ValueError("no noise records to plot (log them with config.noise_every > 0)")
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+  panels = (("nu_var_all", "running average of var(ν)", running_average, "linear"),
+            ("nu_var_all", "running average of var(ν), log", running_average, "log"),
+            ("grad_abs_var_all", "var(|grad|), EMA 0.9", lambda v: _ema(v, 0.9), "log"))
+  for ax, (key, label, smooth, scale) in zip(axes, panels):
+    for i, (method, records) in enumerate(series.items()):
+      steps, values = runs.metric_series(records, key)
+      if steps.size:
+        ax.plot(steps, smooth(values), color=f"C{i % 10}", label=method)
+    if scale == "log":
+      ax.set_yscale("log", nonpositive="mask")
+    ax.set_title(label, fontsize=9)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
+  fig.suptitle(title or "gradient noise over the sparsified kernels (paper Fig. 3)", fontsize=10)
   return _save(fig, out)
 
 
