@@ -253,9 +253,15 @@ def test_subtree_with_a_whole_model_recipe():
 
 def test_the_package_explains_itself():
   """Docstrings point to docs in the repo, not to design notes users never see."""
-  for path in glob.glob(os.path.join(ROOT, "pgf", "**", "*.py"), recursive=True):
+  paths = [os.path.join(ROOT, "README.md")] + [
+      p for d in ("pgf", "configs", "experiments", "docs")
+      for p in glob.glob(os.path.join(ROOT, d, "**", "*.*"), recursive=True)
+      if p.endswith((".py", ".md", ".sh"))]
+  for path in paths:
     with open(path) as f:
-      assert "DESIGN.md" not in f.read(), path
+      text = f.read()
+    for private in ("DESIGN.md", "PAPER.md", "../shared"):
+      assert private not in text, (path, private)
   with open(os.path.join(ROOT, "docs", "method.md")) as f:
     text = f.read()
   for method in pgf.METHODS:

@@ -17,7 +17,7 @@ from pgf.models import vit as vit_lib
 from pgf.sparsify import leaf_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# PAPER.md, Appendix D: ViT-B/16 at 224 (196 tokens), GFLOPs with FF at each pattern.
+# The paper's Appendix D: ViT-B/16 at 224 (196 tokens), GFLOPs with FF at each pattern.
 APPENDIX_D = {None: 34.71, "2:4": 23.61, "1:4": 18.06, "1:8": 15.29, "1:16": 13.90,
               "1:32": 13.20, "1:128": 12.69}
 VIT_B16 = flops.vit_matmuls("B/16", image_size=224)

@@ -3,7 +3,7 @@ r"""FLOPs of N:M-sparse transformers: inference per example, and training for a 
     python -m pgf.analysis.flops --config=configs/vit_1_16.py
     python -m pgf.analysis.flops --config=configs/vit_1_16.py:demo --class_token
 
-Counting convention (it reproduces PAPER.md Appendix D; see tests/test_flops.py):
+Counting convention (it reproduces the paper's Appendix D; see tests/test_flops.py):
 
 * a matmul of an (a, k) by a (k, b) operand costs 2·a·k·b FLOPs (a multiply and an add per
   multiply-accumulate);
