@@ -110,28 +110,51 @@ def test_shifted_block_attends_only_to_former_neighbours():
 
 
 def test_tiny_forward_shapes_and_logit_scale_clamp():
-  model = tiny(dropout=0.1, drop_path=0.2)
+  model = tiny(dropout=0.1, drop_path=0.2, head_zero_init=False)
   variables = jax.jit(model.init, static_argnames="train")(jax.random.key(0), _IMAGES,
                                                            train=False)
   apply = jax.jit(model.apply, static_argnames="train")
   logits = apply(variables, _IMAGES, train=False)
   assert logits.shape == (2, 10) and logits.dtype == jnp.float32
-  train = apply(variables, _IMAGES, train=True, rngs={"dropout": jax.random.key(1)})
-  assert np.all(np.isfinite(train))
+  assert np.all(np.isfinite(apply(variables, _IMAGES, train=True,
+                                  rngs={"dropout": jax.random.key(1)})))
   params = flat(variables["params"])
-  np.testing.assert_allclose(params["stages_0/blocks_0/attn/logit_scale"], np.log(10.0), rtol=1e-6)
-  # A huge logit scale is clamped at log(100): the model's output does not change past it.
-  def with_scale(value):
+  np.testing.assert_allclose(params["stages_0/blocks_0/attn/logit_scale"], np.log(10.0),
+                             rtol=1e-6)
+
+  def with_scale(value):  # every head's logit scale set to `value`
     p = jax.tree_util.tree_map_with_path(
         lambda path, x: jnp.full_like(x, value) if "logit_scale" in str(path) else x,
         variables["params"])
     return apply({"params": p}, _IMAGES, train=False)
-  model_nz = tiny(head_zero_init=False)
-  variables = jax.jit(model_nz.init, static_argnames="train")(jax.random.key(0), _IMAGES,
-                                                              train=False)
-  apply = jax.jit(model_nz.apply, static_argnames="train")
+
+  # Clamped at log(100): a larger scale changes nothing, a smaller one does.
   np.testing.assert_allclose(with_scale(np.log(100.0)), with_scale(50.0), rtol=1e-5)
   assert not np.allclose(with_scale(np.log(100.0)), with_scale(1.0))
+
+
+def test_swin_runs_on_compressed_params():
+  """Deploy: the Flax interceptor swaps N:M kernels into the unchanged SwinV2."""
+  from pgf import deploy  # pylint: disable=g-import-not-at-top
+  model = tiny(embed_dim=32, depths=(2,), num_heads=(2,), head_zero_init=False)
+  recipe = pgf.Recipe(method="ste", rules=config_swin.swin_rules("1:8", qk="1:8"))
+  params = jax.jit(model.init, static_argnames="train")(jax.random.key(0), _IMAGES,
+                                                        train=False)["params"]
+  params = jax.tree.map(np.asarray, params)
+  finalized = pgf.finalize(params, recipe)
+  compressed = deploy.compress_params(params, recipe)
+  kinds = [type(x).__name__ for x in jax.tree.leaves(compressed, is_leaf=deploy.is_compressed)]
+  assert kinds.count("NMKernel") == 2 * 4
+  apply = jax.jit(lambda p: model.apply({"params": p}, _IMAGES, train=False))
+  want = apply(finalized)
+  with deploy.intercept(impl="expand"):
+    got = apply(compressed)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  from pgf.deploy import model as deploy_model  # pylint: disable=g-import-not-at-top
+  config = load_config(os.path.join(ROOT, "configs", "swin_1_16.py"))
+  _, abstract, _ = deploy_model.abstract_model(config)
+  report = deploy_model.size_report(abstract, deploy_model.config_recipe(config))
+  assert len(report["kernels"]) == 48
 
 
 # ----------------------------------------------------------------------------- configs
@@ -215,7 +238,7 @@ def test_one_step_on_mock_imagenet(tmp_path):
 
 def test_demo_trains_and_deploys_exact_nm(tmp_path):
   config = load_config(os.path.join(ROOT, "configs", "swin_1_8_qk_1_8.py"), "demo")
-  config.model.update(depths=(2, 1), num_heads=(2, 2))  # keeps the shifted stage 0, faster
+  config.model.update(depths=(2,), num_heads=(2,))  # one stage: window 4, shifted, faster
   config.update(total_steps=10, log_every=5, eval_every=10, checkpoint_every=10,
                 async_checkpointing=False)
   summary = train_and_evaluate(config, str(tmp_path))
@@ -229,7 +252,7 @@ def test_demo_trains_and_deploys_exact_nm(tmp_path):
       groups = np.asarray(kernel).reshape(kernel.shape[0] // 8, 8, -1)
       np.testing.assert_array_equal((groups != 0).sum(axis=1), 1)
       checked += 1
-  assert checked == 3 * 4  # 3 blocks x (fc1, fc2, query, key)
+  assert checked == 2 * 4  # 2 blocks x (fc1, fc2, query, key)
   assert np.all(np.asarray(deployed["stages_0/blocks_0/attn/value/kernel"]) != 0)
   assert 0.0 <= summary["deployed_accuracy"] <= 1.0
 
@@ -248,15 +271,19 @@ def test_qk_mask_values_decay_with_the_step():
   pruned = ~np.asarray(pgf.nm_mask(jnp.asarray(w), n=1, m=8, axis=0))
   tx = pgf.gradient_flow(recipe)
   ones = jax.tree.map(jnp.ones_like, params)
-  ratios, grads = [], []
-  steps = (recipe.dense_steps, recipe.dense_steps + 50, recipe.dense_steps + 200,
-           recipe.finetune_start)
-  for step in steps:
-    forward = np.asarray(flat(pgf.sparsify(params, recipe, step))[qk])
-    ratios.append(float(np.mean(forward[pruned] / w[pruned])))
-    state = tx.init(params)._replace(count=jnp.asarray(step, jnp.int32))
+
+  @jax.jit
+  def forward_and_update(step):
+    state = tx.init(params)._replace(count=step)
     update, _ = tx.update(ones, state, params)
-    grads.append(float(np.mean(np.asarray(flat(update)[qk])[pruned])))
+    return flat(pgf.sparsify(params, recipe, step))[qk], flat(update)[qk]
+
+  ratios, grads = [], []
+  for step in (recipe.dense_steps, recipe.dense_steps + 50, recipe.dense_steps + 200,
+               recipe.finetune_start):
+    forward, update = map(np.asarray, forward_and_update(jnp.asarray(step, jnp.int32)))
+    ratios.append(float(np.mean(forward[pruned] / w[pruned])))
+    grads.append(float(np.mean(update[pruned])))
     np.testing.assert_allclose(ratios[-1], float(recipe.decay(step)), rtol=1e-5, atol=1e-7)
   assert ratios[0] == pytest.approx(1.0)
   assert ratios[0] > ratios[1] > ratios[2] > ratios[3] == 0.0
