@@ -70,11 +70,11 @@ def swin_config(ff: str | None = "1:16", qk: str | None = None, qkv: str | None 
     width = max([DEMO_SIZES["embed_dim"]] + [int(r[1].split(":")[1]) for r in config.sparsity.rules])
     config.model.update(variant="T", window_size=4, patch_size=2, drop_path=0.0,
                         dtype="float32", **{**DEMO_SIZES, "embed_dim": width})
-    config.total_steps = 1500
-    config.optim.update(warmup_steps=75)
+    config.total_steps = 1000
+    config.optim.update(warmup_steps=50)
     config.log_every = 250
-    config.eval_every = 750
-    config.checkpoint_every = 750
+    config.eval_every = 500
+    config.checkpoint_every = 500
   else:
     config.data.image_size = 256
     config.batch_size = 128 * 16

@@ -319,9 +319,12 @@ def test_swin_flops():
   sparse = flops.inference_flops(matmuls, ((config_swin.SWIN_FF, "1:16"),))
   assert sparse["mlp"] == pytest.approx(dense["mlp"] / 16)
   assert sparse["attention"] == dense["attention"] and dense["merging"] > 0
-  # ~2 x 15.1 GMACs of the transformer body (the published 20.3 GFLOPs also count the
-  # position-bias MLP, softmax and norms) and nothing for ViT's merging group.
-  assert 25e9 < dense["total"] < 45e9
+  # By hand, per block 12·T·C² (Q, K, V, out, MLP) + 2·T·N·C (scores, weighted sum) MACs, and
+  # T/4·4C·2C per merging: 21.759 GMACs = 43.52 GFLOPs per 256-px image.
+  macs = sum(depth * (12 * t * c * c + 2 * t * n * c) for depth, t, c, n in (
+      (2, 4096, 128, 256), (2, 1024, 256, 256), (18, 256, 512, 256), (2, 64, 1024, 64)))
+  macs += sum(t * 4 * c * 2 * c for t, c in ((1024, 128), (256, 256), (64, 512)))
+  assert dense["total"] == 2 * macs
   assert flops.inference_flops(flops.vit_matmuls("B/16"))["merging"] == 0.0
   config = load_config(os.path.join(ROOT, "configs", "swin_1_16.py"), "demo")
   result = flops.training_flops(flops.matmuls_from_config(config), build_recipe(config, 100),
