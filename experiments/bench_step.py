@@ -153,7 +153,9 @@ def build_method(config, method: str, init_fn, loss_fn, mesh):
   """(jitted step, initial state, pgf-ops timer) for one method, as pgf.train builds them."""
   config = config_lib.apply_overrides(config.copy_and_resolve_references(),
                                       {"sparsity.method": method})
-  recipe = build_recipe(config, TOTAL_STEPS)
+  # As pgf.train does: SDGF-geometric's k lowered per rule where k*M does not fit a kernel.
+  recipe, _ = pgf.fit_sdgf_k(jax.eval_shape(init_fn, jax.random.key(0)),
+                             build_recipe(config, TOTAL_STEPS))
   tx, _ = build_optimizer(config, recipe, TOTAL_STEPS, warmup_steps=TOTAL_STEPS // 20)
   model_loss = sharding.auto_model(lambda p, b, r: loss_fn(p, b, r, True), mesh)
   masks_of = lambda opt_state: (pgf.masks_from_state(opt_state)
