@@ -110,14 +110,14 @@ def test_shifted_block_attends_only_to_former_neighbours():
 
 
 def test_tiny_forward_shapes_and_logit_scale_clamp():
-  model = tiny(dropout=0.1, drop_path=0.2, head_zero_init=False)
+  # (Train mode with drop-path runs in test_one_step_on_mock_imagenet: drop_path 0.1.)
+  model = tiny(head_zero_init=False)
   variables = jax.jit(model.init, static_argnames="train")(jax.random.key(0), _IMAGES,
                                                            train=False)
   apply = jax.jit(model.apply, static_argnames="train")
   logits = apply(variables, _IMAGES, train=False)
   assert logits.shape == (2, 10) and logits.dtype == jnp.float32
-  assert np.all(np.isfinite(apply(variables, _IMAGES, train=True,
-                                  rngs={"dropout": jax.random.key(1)})))
+  assert np.all(np.isfinite(logits))
   params = flat(variables["params"])
   np.testing.assert_allclose(params["stages_0/blocks_0/attn/logit_scale"], np.log(10.0),
                              rtol=1e-6)
