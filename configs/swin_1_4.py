@@ -2,7 +2,8 @@ r"""SwinV2-B (window 16, 256 px) on ImageNet-1k, 1:4 FF (paper Table 3 row "1:4 
 
 Sparsifies the FF layers (mlp/fc1, mlp/fc2) at 1:4;
 attention output, position-bias MLP, patch embedding, patch merging and head stay dense.
-Paper top-1 (ImageNet-1k, 350 epochs; dense 83.45): SR-STE 82.355, MDGF-Exp 82.491, SDGF-Step 82.267, SDGF-Geo 82.469.
+Paper top-1 (ImageNet-1k, 350 epochs; dense 83.45): SR-STE 82.355,
+MDGF-Exp 82.491, SDGF-Step 82.267, SDGF-Geo 82.469.
 
   python -m pgf.main --config=configs/swin_1_4.py --workdir=$WORKDIR \
       --config.data.data_dir=/gcs/BUCKET/tensorflow_datasets

@@ -2,7 +2,8 @@ r"""SwinV2-B (window 16, 256 px) on ImageNet-1k, 1:8 FF (paper Table 3 row "1:8 
 
 Sparsifies the FF layers (mlp/fc1, mlp/fc2) at 1:8;
 attention output, position-bias MLP, patch embedding, patch merging and head stay dense.
-Paper top-1 (ImageNet-1k, 350 epochs; dense 83.45): SR-STE 81.437, MDGF-Exp 81.466, SDGF-Step 81.382, SDGF-Geo 81.382.
+Paper top-1 (ImageNet-1k, 350 epochs; dense 83.45): SR-STE 81.437,
+MDGF-Exp 81.466, SDGF-Step 81.382, SDGF-Geo 81.382.
 
   python -m pgf.main --config=configs/swin_1_8.py --workdir=$WORKDIR \
       --config.data.data_dir=/gcs/BUCKET/tensorflow_datasets

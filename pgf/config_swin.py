@@ -1,7 +1,7 @@
 """Config builder and validation for SwinV2 (paper Table 3): the files configs/swin_*.py.
 
   --config=configs/swin_1_16.py                      the paper's SwinV2-B ImageNet recipe
-  --config=configs/swin_1_16.py:demo                 a small SwinV2 on embedded digits (CPU, minutes)
+  --config=configs/swin_1_16.py:demo                 small SwinV2 on embedded digits (CPU, minutes)
   --config=configs/swin_1_16.py:method=sr_ste,variant=T
 
 Where the defaults come from:
@@ -67,7 +67,8 @@ def swin_config(ff: str | None = "1:16", qk: str | None = None, qkv: str | None 
       num_heads=config_dict.placeholder(tuple)))
   if arg.demo:
     # Embed width 32, or the largest M of the row's rules (stage 0's FF input must hold a group).
-    width = max([DEMO_SIZES["embed_dim"]] + [int(r[1].split(":")[1]) for r in config.sparsity.rules])
+    width = max([DEMO_SIZES["embed_dim"]]
+                + [int(rule[1].split(":")[1]) for rule in config.sparsity.rules])
     config.model.update(variant="T", window_size=4, patch_size=2, drop_path=0.0,
                         dtype="float32", **{**DEMO_SIZES, "embed_dim": width})
     config.total_steps = 1000

@@ -1,4 +1,4 @@
-"""SwinV2 (Liu et al., "Swin Transformer V2", CVPR 2022) in Flax linen, with sparsity-friendly names.
+"""SwinV2 (Liu et al., "Swin Transformer V2", CVPR 2022) in Flax linen, sparsity-friendly names.
 
 The model knows nothing about sparsity; like pgf/models/vit.py it guarantees a stable parameter
 layout so that N:M rules are short regexes over "/"-joined paths of ``variables["params"]``::
