@@ -13,8 +13,9 @@ decay, gradient shaping), jitted alone, for the matched kernels.
   python experiments/bench_step.py --variant=B/16 --batch=128 --rounds=5   # e.g. on a GPU
   python experiments/bench_step.py --mesh=data=-1,fsdp=2 --methods=dense,mdgf_exp
   python experiments/bench_step.py --config=configs/t5_1_8_qkv_1_8.py:demo   # T5, embedded data
+  python experiments/bench_step.py --config=configs/swin_1_16.py --variant=T --batch=8   # SwinV2
 
-ViT configs train on random images (`--image-size`), other configs on their task's own data
+ViT and SwinV2 configs train on random images (`--image-size`), other configs on their task's own data
 (use a `:demo` config to stay offline). Prints a markdown table; the goal for ViT-S/16 at batch
 32 on CPU is a ratio <= 1.03 for every method.
 """
@@ -61,6 +62,27 @@ def synthetic_vit(config, image_size: int, batch: int, num_classes: int = 1000):
       attention_dropout=config.model.get("attention_dropout", 0.0),
       drop_path=config.model.drop_path, dtype=jnp.dtype(config.model.get("dtype", "float32")),
       **{k: config.model.get(k, v) for k, v in variant.items()})
+  rng = np.random.default_rng(0)
+  data = {"image": rng.normal(size=(batch, image_size, image_size, 3)).astype(np.float32),
+          "label": rng.integers(0, num_classes, size=(batch,)).astype(np.int32)}
+
+  def init_fn(key):
+    return model.init({"params": key}, data["image"][:1], train=False)["params"]
+
+  def loss_fn(params, batch, key, train):
+    logits = model.apply({"params": params}, batch["image"], train=train,
+                         rngs={"dropout": key})
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                           batch["label"]).mean()
+    return loss, {}
+
+  return init_fn, loss_fn, data
+
+
+def synthetic_swin(config, image_size: int, batch: int, num_classes: int = 1000):
+  """(init_fn, loss_fn, batch) for the config's SwinV2 on random images and labels."""
+  from pgf.tasks import swin_model  # pylint: disable=g-import-not-at-top
+  model = swin_model(config, num_classes)
   rng = np.random.default_rng(0)
   data = {"image": rng.normal(size=(batch, image_size, image_size, 3)).astype(np.float32),
           "label": rng.integers(0, num_classes, size=(batch,)).astype(np.int32)}
@@ -131,7 +153,9 @@ def build_method(config, method: str, init_fn, loss_fn, mesh):
   """(jitted step, initial state, pgf-ops timer) for one method, as pgf.train builds them."""
   config = config_lib.apply_overrides(config.copy_and_resolve_references(),
                                       {"sparsity.method": method})
-  recipe = build_recipe(config, TOTAL_STEPS)
+  # As pgf.train does: SDGF-geometric's k lowered per rule where k*M does not fit a kernel.
+  recipe, _ = pgf.fit_sdgf_k(jax.eval_shape(init_fn, jax.random.key(0)),
+                             build_recipe(config, TOTAL_STEPS))
   tx, _ = build_optimizer(config, recipe, TOTAL_STEPS, warmup_steps=TOTAL_STEPS // 20)
   model_loss = sharding.auto_model(lambda p, b, r: loss_fn(p, b, r, True), mesh)
   masks_of = lambda opt_state: (pgf.masks_from_state(opt_state)
@@ -292,9 +316,11 @@ def measure_methods(config, methods, init_fn, loss_fn, batch, mesh, rounds: int,
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default="configs/vit_1_16.py")
-  parser.add_argument("--variant", default="S/16", help="ViT variant ('' keeps the config's)")
+  parser.add_argument("--variant", default="S/16", help="ViT variant ('' keeps the config's); "
+                      "for a SwinV2 config T, S, B or L (anything else keeps the config's)")
   parser.add_argument("--batch", type=int, default=32, help="global batch size")
-  parser.add_argument("--image-size", type=int, default=224)
+  parser.add_argument("--image-size", type=int, default=None,
+                      help="ViT: 224 by default; SwinV2: the config's (256 for SwinV2-B)")
   parser.add_argument("--mesh", default="", help="e.g. data=-1,fsdp=2,model=1,axis_types=auto")
   # sdgf_custom needs user-given stages; its step is sdgf_stepwise's with other patterns.
   parser.add_argument("--methods", default=",".join(m for m in pgf.METHODS if m != "sdgf_custom"))
@@ -311,8 +337,18 @@ def main():
   is_vit = config.model.name == "vit"
   if is_vit and args.variant:
     config.model.variant = args.variant
-  init_fn, loss_fn, local_batch = (synthetic_vit(config, args.image_size, args.batch) if is_vit
-                                   else task_based(config))
+  if is_vit:
+    args.image_size = args.image_size or 224
+    init_fn, loss_fn, local_batch = synthetic_vit(config, args.image_size, args.batch)
+  elif config.model.name == "swin":
+    from pgf.models.swin import VARIANTS  # pylint: disable=g-import-not-at-top
+    if args.variant in VARIANTS:
+      config.model.variant = args.variant
+    args.image_size = args.image_size or config.data.image_size
+    init_fn, loss_fn, local_batch = synthetic_swin(config, args.image_size, args.batch)
+    is_vit = True  # an image model: the header names the image size
+  else:
+    init_fn, loss_fn, local_batch = task_based(config)
   problems = sharding.config_problems(config, jax.device_count())
   if problems:
     raise SystemExit("Invalid config:\n  - " + "\n  - ".join(problems))

@@ -2,6 +2,7 @@
 
   python experiments/sweep.py --grid=vit_digits --out=experiments/results/vit_digits
   python experiments/sweep.py --grid=t5_shakespeare --out=experiments/results/t5_shakespeare
+  python experiments/sweep.py --grid=swin_digits --out=experiments/results/swin_digits
   python experiments/sweep.py --grid=vit_digits --out=/tmp/s --seeds=0 --methods=sr_ste,mdgf_exp \
       --patterns=1:16 --steps=100                                    # a quick look
 
@@ -90,6 +91,33 @@ def vit_digits(methods, patterns, seeds, steps) -> Grid:
             "sparsity.sdgf_k": sdgf_k_for(pattern, 64), "noise_every": max(steps // 20, 1)}
         cells.append(Cell(f"{method}_{pattern.replace(':', 'of')}_s{seed}",
                           "configs/vit_1_16.py:demo", tuple(overrides.items()), method,
+                          pattern, seed))
+  return Grid(tuple(cells), "deployed_accuracy", "deployed test accuracy (digits)")
+
+
+# Table 3's methods (and dense) and FF patterns.
+SWIN_METHODS = ("dense", "sr_ste", "mdgf_exp", "sdgf_stepwise", "sdgf_geometric")
+SWIN_PATTERNS = ("1:4", "1:8", "1:16", "1:32")
+
+
+def swin_digits(methods, patterns, seeds, steps) -> Grid:
+  """The SwinV2 demo model (3 stages of 2 blocks, embed 32, window 4, patch 2 on 16x16 digits);
+  FF layers at each pattern (paper Table 3's rows, at CPU scale)."""
+  from pgf import config_swin  # pylint: disable=g-import-not-at-top
+  steps = steps or 600
+  cells = []
+  for seed in seeds:
+    for pattern in patterns:
+      for method in methods:
+        overrides = {
+            "seed": seed, "total_steps": steps, "log_every": max(steps // 20, 1),
+            "eval_every": 0, "checkpoint_every": max(steps // 2, 1), "keep_checkpoints": 1,
+            "optim.warmup_steps": max(steps // 20, 1), "sparsity.method": method,
+            "sparsity.rules": ((config_swin.SWIN_FF, pattern),),
+            "sparsity.sdgf_k": sdgf_k_for(pattern, config_swin.DEMO_SIZES["embed_dim"]),
+            "noise_every": max(steps // 20, 1)}
+        cells.append(Cell(f"{method}_{pattern.replace(':', 'of')}_s{seed}",
+                          "configs/swin_1_16.py:demo", tuple(overrides.items()), method,
                           pattern, seed))
   return Grid(tuple(cells), "deployed_accuracy", "deployed test accuracy (digits)")
 
@@ -229,11 +257,12 @@ def t5_shakespeare_noise(methods, patterns, seeds, steps) -> Grid:
 
 GRIDS = {"vit_digits": vit_digits, "t5_shakespeare": t5_shakespeare,
          "t5_shakespeare_qkv": t5_shakespeare_qkv, "vit_digits_noise": vit_digits_noise,
-         "t5_shakespeare_noise": t5_shakespeare_noise}
+         "t5_shakespeare_noise": t5_shakespeare_noise, "swin_digits": swin_digits}
 # (methods, patterns, seeds) a grid runs when the command line does not say.
 GRID_DEFAULTS = {"t5_shakespeare_qkv": (METHODS, ("1:8", "1:4"), SEEDS),
                  "vit_digits_noise": (NOISE_METHODS, ("1:16",), (0,)),
-                 "t5_shakespeare_noise": (NOISE_METHODS, ("1:16",), (0,))}
+                 "t5_shakespeare_noise": (NOISE_METHODS, ("1:16",), (0,)),
+                 "swin_digits": (SWIN_METHODS, SWIN_PATTERNS, SEEDS)}
 
 
 # ----------------------------------------------------------------------------- running

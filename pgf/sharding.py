@@ -51,6 +51,12 @@ BATCH_AXES = ("data", "fsdp")  # the batch is split over both; "model" sees the 
 AXIS_TYPES = {"auto": AxisType.Auto, "explicit": AxisType.Explicit}
 
 DEFAULT_RULES = (
+    # SwinV2 (pgf/models/swin.py): Q/K/V/out and MLP kernels have the ViT layout and take the
+    # ViT rules below. Its position-bias MLP (attn/cpb_mlp, 2 -> 512 -> heads over a constant
+    # table) and per-head logit scale are tiny and read whole by every device; listed first so
+    # that "mlp/fc1/kernel$" does not split cpb_mlp/fc1 Megatron-style.
+    (r"attn/cpb_mlp/", "replicated"),
+    (r"attn/logit_scale$", "replicated"),
     # ViT (pgf/models/vit.py): Megatron-style FF (fc1 column-, fc2 row-parallel) and attention
     # split by heads; kernels are (in, out), Q/K/V (width, heads, head_dim).
     (r"mlp/fc1/kernel$", "fsdp,model"),

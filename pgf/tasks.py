@@ -32,10 +32,23 @@ def vit_model(config, num_classes: int):
       **{k: config.model.get(k, v) for k, v in variant.items()})
 
 
+def swin_model(config, num_classes: int):
+  """The SwinV2 of `config.model` (pgf/models/swin.py; sizes from pgf/config_swin.py)."""
+  from pgf import config_swin  # pylint: disable=g-import-not-at-top
+  from pgf.models import swin as swin_lib  # pylint: disable=g-import-not-at-top
+  return swin_lib.SwinV2(
+      num_classes=num_classes, dropout=config.model.dropout,
+      attention_dropout=config.model.get("attention_dropout", 0.0),
+      drop_path=config.model.drop_path, dtype=jnp.dtype(config.model.get("dtype", "float32")),
+      **config_swin.model_kwargs(config.model))
+
+
 def classification_task(config, process_index: int = 0, process_count: int = 1) -> Task:
-  """ViT image classification on digits (embedded), cifar10 or imagenet2012 (TFDS)."""
+  """ViT or SwinV2 (config.model.name) image classification on digits (embedded), cifar10 or
+  imagenet2012 (TFDS)."""
   train_source, eval_source = build_image_sources(config, process_index, process_count)
-  model = vit_model(config, train_source.num_classes)
+  build_model = swin_model if config.model.name == "swin" else vit_model
+  model = build_model(config, train_source.num_classes)
   size = train_source.image_size
   channels = getattr(train_source, "channels", 3)
   example = {"image": np.zeros((1, size, size, channels), np.uint8),
@@ -117,9 +130,9 @@ def num_train_examples(task: Task) -> int:
 
 
 def build_task(config, process_index: int = 0, process_count: int = 1) -> Task:
-  if config.model.name == "vit":
+  if config.model.name in ("vit", "swin"):
     return classification_task(config, process_index, process_count)
   if config.model.name == "t5":
     from pgf import text_tasks  # pylint: disable=g-import-not-at-top
     return text_tasks.seq2seq_task(config, process_index, process_count)
-  raise ValueError(f"config.model.name={config.model.name!r}: expected 'vit' or 't5'")
+  raise ValueError(f"config.model.name={config.model.name!r}: expected 'vit', 'swin' or 't5'")

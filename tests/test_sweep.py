@@ -70,6 +70,10 @@ def test_full_grids_are_the_issue_grids_and_every_cell_passes_preflight(name):
     config = cell_config(sparse[0])
     assert (config.model.width, config.model.depth, config.model.num_heads) == (192, 3, 3)
     assert config.batch_size == 64 and config.total_steps == 20 * 600
+  if name == "swin_digits":  # Table 3's methods and FF patterns on the SwinV2 demo model
+    config = cell_config(sparse[0])
+    assert config.model.name == "swin" and config.data.name == "digits"
+    assert set(methods) == {"dense", "sr_ste", "mdgf_exp", "sdgf_stepwise", "sdgf_geometric"}
 
 
 def test_bad_grid_arguments_are_named(capsys, monkeypatch):

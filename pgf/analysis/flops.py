@@ -42,13 +42,14 @@ import numpy as np
 from pgf.analysis.schedule import schedule_arrays
 from pgf.recipes import Recipe
 
-__all__ = ["Matmul", "vit_matmuls", "t5_matmuls", "matmuls_from_config", "as_recipe",
+__all__ = ["Matmul", "vit_matmuls", "t5_matmuls", "swin_matmuls", "matmuls_from_config", "as_recipe",
            "inference_flops", "training_flops_per_step", "training_flops", "COUNTED_GROUPS",
            "PAPER_PATTERNS", "GFLOP"]
 
 GFLOP = 1e9
-COUNTED_GROUPS = ("attention", "mlp")
-ALL_GROUPS = ("attention", "mlp", "embedding", "head")
+# "merging": SwinV2's patch merging (dense linear layers between stages); ViT and T5 have none.
+COUNTED_GROUPS = ("attention", "mlp", "merging")
+ALL_GROUPS = ("attention", "mlp", "merging", "embedding", "head")
 # The FF patterns of the paper's Appendix D table.
 PAPER_PATTERNS = ("2:4", "1:4", "1:8", "1:16", "1:32", "1:128")
 _VIT_CLASSES = {"imagenet2012": 1000, "cifar10": 10, "digits": 10}
@@ -61,7 +62,7 @@ class Matmul:
   Attributes:
     name: the kernel's parameter path (what sparsity rules match), or for a product of two
       activations the layer path plus "/scores" or "/weighted_sum".
-    group: "attention", "mlp", "embedding" or "head".
+    group: "attention", "mlp", "merging", "embedding" or "head".
     rows: rows of the activation operand (tokens).
     k: contracting length (what an N:M group of M must divide).
     cols: output features.
@@ -118,6 +119,52 @@ def vit_matmuls(dims: str | Mapping[str, int] = "B/16", image_size: int = 224,
     out.append(Matmul(f"{block}/attn/out/kernel", "attention", tokens, width, width))
     out.append(Matmul(f"{block}/mlp/fc1/kernel", "mlp", tokens, width, int(dims["mlp_dim"])))
     out.append(Matmul(f"{block}/mlp/fc2/kernel", "mlp", tokens, int(dims["mlp_dim"]), width))
+  out.append(Matmul("head/kernel", "head", 1, width, num_classes))
+  return tuple(out)
+
+
+def swin_matmuls(dims: str | Mapping[str, Any] = "B", image_size: int = 256,
+                 window_size: int = 16, patch_size: int = 4, channels: int = 3,
+                 num_classes: int = 1000, mlp_ratio: float = 4.0) -> tuple[Matmul, ...]:
+  """The matmuls of a pgf SwinV2 (pgf/models/swin.py) on one image.
+
+  Attention is within windows: each of a stage's T tokens attends to the N = w² tokens of its
+  window, so the scores and the weighted sum cost T·N·width MACs each (not T²·width). The
+  window is min(window_size, feature-map side), as the model uses it. Patch merging at the start
+  of stages 1.. is a (T/4, 4C) x (4C, 2C) matmul, group "merging". The continuous position-bias
+  MLP runs on a constant table (once per step, not per image; a deployed model caches its
+  output), so it is not counted.
+  """
+  from pgf.models import swin as swin_lib  # pylint: disable=g-import-not-at-top
+  dims = swin_lib.decode_variant(dims) if isinstance(dims, str) else dict(dims)
+  missing = {"embed_dim", "depths", "num_heads"} - set(dims)
+  if missing:
+    raise ValueError(f"SwinV2 dims {dims!r} lack {sorted(missing)}")
+  if image_size % patch_size:
+    raise ValueError(f"image_size={image_size} is not divisible by patch_size={patch_size}")
+  geometry = swin_lib.stage_geometry(image_size // patch_size, window_size, len(dims["depths"]))
+  width = int(dims["embed_dim"])
+  side0 = image_size // patch_size
+  out = [Matmul("patch_embed/proj/kernel", "embedding", side0 * side0,
+                patch_size * patch_size * channels, width)]
+  for i, (depth, (side, window, _)) in enumerate(zip(dims["depths"], geometry)):
+    stage = f"stages_{i}"
+    if i:
+      out.append(Matmul(f"{stage}/downsample/reduction/kernel", "merging", side * side,
+                        4 * width, 2 * width))
+      width *= 2
+    tokens, per_window = side * side, window * window
+    mlp = int(width * mlp_ratio)
+    for j in range(depth):
+      block = f"{stage}/blocks_{j}"
+      for name in ("query", "key", "value"):
+        out.append(Matmul(f"{block}/attn/{name}/kernel", "attention", tokens, width, width))
+      out.append(Matmul(f"{block}/attn/scores", "attention", tokens, width, per_window, False))
+      out.append(Matmul(f"{block}/attn/weighted_sum", "attention", tokens, per_window, width,
+                        False))
+      out.append(Matmul(f"{block}/attn/out/kernel", "attention", tokens, width, width))
+      out.append(Matmul(f"{block}/mlp/fc1/kernel", "mlp", tokens, width, mlp))
+      out.append(Matmul(f"{block}/mlp/fc2/kernel", "mlp", tokens, mlp, width))
   out.append(Matmul("head/kernel", "head", 1, width, num_classes))
   return tuple(out)
 
@@ -191,7 +238,14 @@ def matmuls_from_config(config, class_token: bool = False, input_length: int | N
                        _VIT_CLASSES.get(data.get("name"), 1000), class_token)
   if model.get("name") == "t5":
     return _t5_from_config(config, input_length, target_length)
-  raise ValueError(f"config.model.name={model.get('name')!r}: expected 'vit' or 't5'")
+  if model.get("name") == "swin":
+    from pgf.config_swin import model_kwargs  # pylint: disable=g-import-not-at-top
+    sizes = model_kwargs(model)
+    data = config.data
+    return swin_matmuls(sizes, int(data.image_size), sizes["window_size"], sizes["patch_size"],
+                        int(data.get("channels", 3)), _VIT_CLASSES.get(data.get("name"), 1000),
+                        sizes["mlp_ratio"])
+  raise ValueError(f"config.model.name={model.get('name')!r}: expected 'vit', 'swin' or 't5'")
 
 
 def _t5_from_config(config, input_length: int | None, target_length: int | None):
@@ -438,6 +492,11 @@ def describe(config, steps: int | None = None, class_token: bool = False,
                     else "class token not counted, as in the paper")
     header = (f"ViT {model.variant} (width {query.k}) at {config.data.image_size}px: "
               f"{query.rows} tokens ({token_note})")
+    inference = inference_table(matmuls, recipe, groups, "image")
+  elif model.name == "swin":
+    embed = matmuls[0]
+    header = (f"SwinV2 {model.variant} at {config.data.image_size}px: {embed.rows} tokens in "
+              f"stage 0, window {model.window_size}")
     inference = inference_table(matmuls, recipe, groups, "image")
   else:
     encoder = next(m for m in matmuls if m.name.endswith("attention/query/kernel"))

@@ -1,0 +1,20 @@
+r"""SwinV2-B (window 16, 256 px) on ImageNet-1k, 1:16 FF (paper Table 3 row "1:16 FF"), MDGF-Exp by default.
+
+Sparsifies the FF layers (mlp/fc1, mlp/fc2) at 1:16;
+attention output, position-bias MLP, patch embedding, patch merging and head stay dense.
+Paper top-1 (ImageNet-1k, 350 epochs; dense 83.45): SR-STE 80.154,
+MDGF-Exp 80.542, SDGF-Step 80.386, SDGF-Geo 80.274.
+
+  python -m pgf.main --config=configs/swin_1_16.py --workdir=$WORKDIR \
+      --config.data.data_dir=/gcs/BUCKET/tensorflow_datasets
+  python -m pgf.main --config=configs/swin_1_16.py:method=sdgf_geometric --workdir=$WORKDIR
+  python -m pgf.main --config=configs/swin_1_16.py:demo --workdir=/tmp/swin_1_16_demo   # CPU, digits
+
+Defaults and where each comes from: pgf/config_swin.py.
+"""
+
+from pgf import config_swin
+
+
+def get_config(arg=None):
+  return config_swin.swin_config(ff="1:16", arg=arg)

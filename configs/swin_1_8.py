@@ -1,0 +1,20 @@
+r"""SwinV2-B (window 16, 256 px) on ImageNet-1k, 1:8 FF (paper Table 3 row "1:8 FF"), MDGF-Exp by default.
+
+Sparsifies the FF layers (mlp/fc1, mlp/fc2) at 1:8;
+attention output, position-bias MLP, patch embedding, patch merging and head stay dense.
+Paper top-1 (ImageNet-1k, 350 epochs; dense 83.45): SR-STE 81.437,
+MDGF-Exp 81.466, SDGF-Step 81.382, SDGF-Geo 81.382.
+
+  python -m pgf.main --config=configs/swin_1_8.py --workdir=$WORKDIR \
+      --config.data.data_dir=/gcs/BUCKET/tensorflow_datasets
+  python -m pgf.main --config=configs/swin_1_8.py:method=sdgf_geometric --workdir=$WORKDIR
+  python -m pgf.main --config=configs/swin_1_8.py:demo --workdir=/tmp/swin_1_8_demo   # CPU, digits
+
+Defaults and where each comes from: pgf/config_swin.py.
+"""
+
+from pgf import config_swin
+
+
+def get_config(arg=None):
+  return config_swin.swin_config(ff="1:8", arg=arg)
