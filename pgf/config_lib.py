@@ -210,7 +210,8 @@ def validate(config, process_count: int = 1, device_count: int = 1,
       problems.append(message)
 
   model_name = config.model.get("name")
-  need(model_name in ("vit", "t5"), f"config.model.name={model_name!r}: 'vit' or 't5'")
+  need(model_name in ("vit", "t5", "resnet"),
+       f"config.model.name={model_name!r}: 'vit', 'resnet' or 't5'")
   batch = config.get("batch_size")
   if not isinstance(batch, int) or batch <= 0:
     problems.append(f"config.batch_size={batch!r}: must be a positive int")
@@ -248,6 +249,10 @@ def validate(config, process_count: int = 1, device_count: int = 1,
     problems.extend(_vit_problems(config))
   elif model_name == "t5":
     problems.extend(_t5_problems(config))
+  elif model_name == "resnet":
+    from pgf import config_resnet  # pylint: disable=g-import-not-at-top
+    problems.extend(config_resnet.problems(config))
+    problems.extend(_vit_problems(config))
   try:
     build_recipe(config, steps if isinstance(steps, int) and steps > 0 else 100_000)
   except ValueError as e:

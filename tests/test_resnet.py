@@ -1,18 +1,22 @@
 """ResNet with N:M conv kernels: masks on HWIO kernels, the model, BatchNorm state through the
 train loop, the Table 6 configs against ResNet-50's abstract params, sharding and FLOPs."""
 
+import glob
+import json
 import math
+import os
+import shutil
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import pgf
-from pgf import deploy
+from pgf import config_lib, deploy
 from pgf.analysis import export
 from pgf.models.resnet import ResNet
+from pgf.train import build_recipe, train_and_evaluate
 
 CONV_RULE = r"stage_\d+/block_\d+/(conv_\d|proj)/kernel"
 
@@ -108,3 +112,92 @@ def test_export_and_deploy_conv_kernels(tmp_path, axis):
     got = model.apply({"params": loaded, "batch_stats": variables["batch_stats"]}, x,
                       train=False)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the model
+def test_resnet50_shapes_and_parameter_count():
+  imagenet = ResNet(num_classes=1000)
+  params = jax.eval_shape(lambda: imagenet.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)),
+                                                train=False))["params"]
+  # torchvision's resnet50 has 25,557,032 parameters.
+  assert sum(math.prod(x.shape) for x in jax.tree.leaves(params)) == 25_557_032
+  assert params["stem_conv"]["kernel"].shape == (7, 7, 3, 64)
+  assert params["stage_3"]["block_2"]["conv_2"]["kernel"].shape == (1, 1, 512, 2048)
+  assert sorted(params["stage_1"]) == [f"block_{b}" for b in range(4)]
+  cifar = ResNet(num_classes=10, stem="cifar")
+  out = jax.eval_shape(lambda: cifar.init_with_output(jax.random.key(0), jnp.zeros((2, 32, 32, 3)),
+                                                      train=False))
+  logits, variables = out
+  assert logits.shape == (2, 10) and variables["params"]["stem_conv"]["kernel"].shape == (3, 3, 3, 64)
+  assert variables["batch_stats"]["stage_0"]["block_0"]["bn_1"]["mean"].shape == (64,)
+
+
+def test_batchnorm_uses_batch_statistics_in_train_and_running_ones_in_eval():
+  model, variables = tiny_variables()
+  x = 3.0 + 2.0 * jax.random.normal(jax.random.key(4), (4, 8, 8, 3))
+  _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  before = variables["batch_stats"]["stem_bn"]["mean"]
+  after = updates["batch_stats"]["stem_bn"]["mean"]
+  assert not np.allclose(before, after)  # moved towards the batch mean (momentum 0.9)
+  eval_old = model.apply(variables, x, train=False)
+  eval_new = model.apply({"params": variables["params"], **updates}, x, train=False)
+  assert not np.allclose(eval_old, eval_new)  # eval reads the running statistics
+  # In eval the output of one example does not depend on the rest of the batch.
+  np.testing.assert_allclose(model.apply(variables, x[:1], train=False), eval_old[:1],
+                             rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- train loop
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESNET_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "resnet*.py")))
+
+
+def tiny_config(name="resnet50_1_8.py", arg="demo"):
+  config = config_lib.load(os.path.join(ROOT, "configs", f"{name}:{arg}" if arg else name))
+  config.model.update(stage_sizes=(1, 1), width=8)
+  config.update(log_every=1, eval_every=0, checkpoint_every=100, async_checkpointing=False)
+  return config
+
+
+def test_one_step_on_mock_cifar10_updates_batch_stats(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  config = tiny_config(arg=None)
+  config.data.workers = 0
+  config.update(batch_size=4, eval_batch_size=4, total_steps=1)
+  config.optim.update(warmup_epochs=0.0, warmup_steps=0)
+  with tfds.testing.mock_data(num_examples=8):
+    summary = train_and_evaluate(config, str(tmp_path))
+  assert summary["final_step"] == 1
+  for kind in ("current", "deployed"):
+    assert 0.0 <= summary[f"{kind}_accuracy"] <= 1.0 and np.isfinite(summary[f"{kind}_loss"])
+  stats = summary["state"]["model_state"]["batch_stats"]
+  # Initial running statistics are mean 0, var 1: one train step moved them.
+  assert np.any(np.asarray(stats["stem_bn"]["mean"]) != 0)
+  assert np.any(np.asarray(stats["stage_1"]["block_0"]["bn_1"]["var"]) != 1)
+  assert json.loads((tmp_path / "config.json").read_text())["data"]["name"] == "cifar10"
+
+
+def test_demo_trains_deploys_exact_nm_and_resumes_with_batch_stats(tmp_path):
+  config = tiny_config()
+  config.update(total_steps=8, log_every=4, eval_every=8, checkpoint_every=4)
+  summary = train_and_evaluate(config, str(tmp_path / "a"))
+  lines = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+  train_lines = [l for l in lines if l["kind"] == "train"]
+  assert train_lines[-1]["phase"] == "finetune"
+  assert train_lines[-1]["sparsity"] == pytest.approx(7 / 8)
+  state = summary["state"]
+  deployed = pgf.finalize(state["params"], build_recipe(config, 8))
+  for s in (0, 1):
+    for name in ("conv_0", "conv_1", "conv_2", "proj"):
+      kernel = np.asarray(deployed[f"stage_{s}"]["block_0"][name]["kernel"])
+      groups = kernel.reshape(kernel.shape[0], kernel.shape[1], -1, 8, kernel.shape[3])
+      np.testing.assert_array_equal((groups != 0).sum(axis=3), 1)  # 1:8 along axis 2
+  assert 0.0 <= summary["deployed_accuracy"] <= 1.0
+  # Resume: drop the newest checkpoint and rerun; steps 5..8 are redone from the step-4
+  # checkpoint, BatchNorm statistics included, and end bit-identical.
+  shutil.rmtree(tmp_path / "a" / "checkpoints" / "8")
+  resumed = train_and_evaluate(config, str(tmp_path / "a"))["state"]
+  for key in ("params", "model_state"):
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed[key]),
+                 jax.device_get(state[key]))
+  assert resumed["model_state"]["batch_stats"]["stem_bn"]["var"].shape == (8,)
