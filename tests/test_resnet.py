@@ -201,3 +201,88 @@ def test_demo_trains_deploys_exact_nm_and_resumes_with_batch_stats(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed[key]),
                  jax.device_get(state[key]))
   assert resumed["model_state"]["batch_stats"]["stem_bn"]["var"].shape == (8,)
+
+
+# ----------------------------------------------------------------------------- configs
+PAPER_METHODS = ("sr_ste", "mdgf_exp")  # the methods of Table 6
+
+
+def resnet50_abstract_params(config):
+  from pgf.tasks import resnet_model
+  model = resnet_model(config, 10)
+  size = config.data.image_size
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
+                                           train=False))["params"]
+
+
+@pytest.mark.parametrize("path", RESNET_CONFIGS, ids=os.path.basename)
+def test_every_config_and_paper_method_fits_full_size_resnet50(path):
+  assert len(RESNET_CONFIGS) == 2
+  doc = open(path).read()
+  assert "dense 85.09" in doc and ":demo" in doc
+  params = None
+  for method in PAPER_METHODS + ("sdgf_geometric",):
+    for group, axis in (("in", 2), ("hwi", (0, 1, 2))):
+      config = config_lib.load(f"{path}:method={method},group={group}")
+      assert config.model.stage_sizes == (3, 4, 6, 3) and config.data.name == "cifar10"
+      config_lib.validate(config)
+      params = resnet50_abstract_params(config) if params is None else params
+      recipe, _ = pgf.fit_sdgf_k(params, build_recipe(config, 39_063))
+      matched = pgf.check_params(params, recipe)  # every rule matches, every M divides
+      # 16 bottlenecks x 3 convs + 4 projections; stem and head dense.
+      assert len(matched) == 52 and "stem_conv/kernel" not in matched
+      assert recipe.rules[0].axis == axis
+      assert recipe.rules[0].nm == ("2:8" if "2_8" in path else "1:8")
+  # The demo config is the same row on digits.
+  demo = config_lib.load(f"{path}:demo")
+  config_lib.validate(demo)
+  assert demo.data.name == "digits" and demo.sparsity.rules[0][1] == recipe.rules[0].nm
+
+
+def test_bad_resnet_fields_are_named():
+  config = config_lib.load(os.path.join(ROOT, "configs", "resnet50_1_8.py"))
+  config.model.update(stem="vgg", width=0, stage_sizes=(3, 0), bn_momentum=1.5)
+  config.data.name = "mnist"
+  with pytest.raises(ValueError) as e:
+    config_lib.validate(config)
+  for field in ("config.model.stem='vgg'", "config.model.width=0", "config.model.stage_sizes",
+                "config.model.bn_momentum=1.5", "config.data.name='mnist'"):
+    assert field in str(e.value)
+  with pytest.raises(ValueError, match="group='x'"):
+    config_lib.load(os.path.join(ROOT, "configs", "resnet50_1_8.py") + ":group=x")
+
+
+# ----------------------------------------------------------------------------- sharding, flops
+def test_default_sharding_rules_place_conv_kernels():
+  from jax.sharding import AbstractMesh, AxisType, PartitionSpec
+  from pgf import sharding
+  mesh = AbstractMesh((1, 2, 4), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+  rules = sharding.parse_rules(sharding.DEFAULT_RULES)
+  spec = lambda path, shape: sharding.leaf_spec(path, shape, rules, mesh)
+  for path, shape in (("params/stage_1/block_0/conv_1/kernel", (3, 3, 128, 128)),
+                      ("opt_state/1/0/mu/stage_3/block_2/conv_2/kernel", (1, 1, 512, 2048)),
+                      ("params/stage_2/block_0/proj/kernel", (1, 1, 512, 1024))):
+    # Input channels (the N:M axis) over fsdp, output channels over model.
+    assert spec(path, shape) == PartitionSpec(None, None, "fsdp", "model")
+  # The stem's 3 input channels cannot split: it, BatchNorm and its statistics fall to FSDP.
+  assert spec("params/stem_conv/kernel", (3, 3, 3, 64)) == PartitionSpec(None, None, None, "fsdp")
+  assert spec("model_state/batch_stats/stage_0/block_0/bn_1/mean", (64,)) == PartitionSpec("fsdp")
+
+
+def test_conv_flops_scale_with_density():
+  from pgf.analysis import flops
+  mm = flops.resnet_matmuls()  # ResNet-50, 224 px
+  dense = flops.inference_flops(mm, groups=flops.ALL_GROUPS)
+  # 4.09 G multiply-accumulates, the usual count for ResNet-50 (convs 4.087 G + fc 2 M).
+  assert dense["conv"] / 2 == pytest.approx(4.0871e9, rel=1e-4)
+  assert dense["head"] == 2 * 2048 * 1000
+  stem = 2 * 112 * 112 * 7 * 7 * 3 * 64
+  for nm, axis in (("1:8", 2), ("2:8", (0, 1, 2))):
+    sparse = flops.inference_flops(mm, ((CONV_RULE, nm, axis),))
+    density = int(nm[0]) / 8
+    assert sparse["conv"] == pytest.approx(stem + (dense["conv"] - stem) * density)
+  # A rule's axis decides what M must divide: 3x3x3 stem channels group over (0, 1, 2) only.
+  with pytest.raises(ValueError, match="stem_conv/kernel.*grouped length 3 "):
+    flops.inference_flops(mm, ((r".*conv.*/kernel", "1:8", 2),))
+  cifar = flops.matmuls_from_config(config_lib.load(RESNET_CONFIGS[0]))
+  assert cifar[0].rows == 32 * 32 and cifar[0].shape == (3, 3, 3, 64)
