@@ -67,7 +67,7 @@ def test_conv_rules_sparsify_and_finalize_every_conv_kernel_of_the_model():
     assert sorted(matched) == sorted(
         f"stage_{s}/block_0/{c}/kernel" for s in (0, 1) for c in ("conv_0", "conv_1", "conv_2",
                                                                    "proj"))
-    final = pgf.finalize(params, recipe)
+    final = jax.jit(lambda p, recipe=recipe: pgf.finalize(p, recipe))(params)
     for path in matched:
       kernel = np.asarray(final[path.split("/")[0]][path.split("/")[1]][path.split("/")[2]]
                           ["kernel"])
@@ -186,7 +186,8 @@ def test_demo_trains_deploys_exact_nm_and_resumes_with_batch_stats(tmp_path):
   assert train_lines[-1]["phase"] == "finetune"
   assert train_lines[-1]["sparsity"] == pytest.approx(7 / 8)
   state = summary["state"]
-  deployed = pgf.finalize(state["params"], build_recipe(config, 8))
+  recipe = build_recipe(config, 8)
+  deployed = jax.jit(lambda p: pgf.finalize(p, recipe))(state["params"])
   for s in (0, 1):
     for name in ("conv_0", "conv_1", "conv_2", "proj"):
       kernel = np.asarray(deployed[f"stage_{s}"]["block_0"][name]["kernel"])
