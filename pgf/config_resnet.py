@@ -65,13 +65,13 @@ def resnet_config(nm: str = "1:8", arg: str | None = None) -> ml_collections.Con
     config.model.update(stage_sizes=(1, 1, 1, 1), width=16)
     config.batch_size = 128
     config.eval_batch_size = 300
-    config.total_steps = 800
+    config.total_steps = 600
     config.total_epochs = 0.0
-    config.optim.update(lr=2e-3, reference_batch=128, warmup_epochs=0.0, warmup_steps=40,
+    config.optim.update(lr=2e-3, reference_batch=128, warmup_epochs=0.0, warmup_steps=30,
                         weight_decay=0.05)
     config.log_every = 100
-    config.eval_every = 400
-    config.checkpoint_every = 400
+    config.eval_every = 300
+    config.checkpoint_every = 300
   else:
     config.data = ml_collections.ConfigDict(dict(name=arg.dataset or "cifar10", image_size=32,
                                                  data_dir="", randaugment="", workers=-1,
