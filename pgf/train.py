@@ -366,15 +366,16 @@ def _compile_steps(task: Task, recipe: pgf.Recipe, tx, lr_schedule, mesh, state_
           step % noise_every == 0, measure, skip)
     return new_state, metrics
 
+  # Eval reads the running model state (BatchNorm averages); {} for a stateless task.
+  model_eval = ((lambda p, b, s: task.eval_fn(p, b, model_state=s)) if stateful
+                else (lambda p, b, s: task.eval_fn(p, b)))
   batch_sharding, replicated = sharding_lib.batch_sharding(mesh), sharding_lib.replicated(mesh)
   param_shardings = state_shardings["params"]
   jit = functools.partial(sharding_lib.jit, mesh=mesh)
   return StepFns(
       train_step=jit(train_step, in_shardings=(state_shardings, batch_sharding),
                      out_shardings=(state_shardings, replicated), donate_argnums=(0,)),
-      eval_step=jit(sharding_lib.auto_model(
-          (lambda p, b, s: task.eval_fn(p, b, model_state=s)) if stateful
-          else (lambda p, b, s: task.eval_fn(p, b)), mesh),
+      eval_step=jit(sharding_lib.auto_model(model_eval, mesh),
                     in_shardings=(param_shardings, batch_sharding,
                                   state_shardings.get("model_state", {})),
                     out_shardings=replicated),
@@ -396,9 +397,9 @@ def _evaluate(task: Task, fns: StepFns, mesh, state) -> dict[str, float]:
                        ("deployed", fns.deployed(state["params"], state["opt_state"]))):
     sums = None
     for batch in task.eval_batches():
-      batch_sums = fns.eval_step(params, sharding_lib.global_batch(
-          sharding_lib.pad_rows(batch, fns.eval_rows), fns.batch_sharding),
-                                 state.get("model_state", {}))
+      batch = sharding_lib.global_batch(sharding_lib.pad_rows(batch, fns.eval_rows),
+                                        fns.batch_sharding)
+      batch_sums = fns.eval_step(params, batch, state.get("model_state", {}))
       sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
     sums = jax.device_get(sums)
     count = max(float(sums.pop("count")), 1.0)
