@@ -31,8 +31,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 STEMS = ("imagenet", "cifar")
-# ResNet depth -> bottleneck blocks per stage.
-DEPTHS = {26: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 
 class Bottleneck(nn.Module):
