@@ -14,8 +14,10 @@ decay, gradient shaping), jitted alone, for the matched kernels.
   python experiments/bench_step.py --mesh=data=-1,fsdp=2 --methods=dense,mdgf_exp
   python experiments/bench_step.py --config=configs/t5_1_8_qkv_1_8.py:demo   # T5, embedded data
   python experiments/bench_step.py --config=configs/swin_1_16.py --variant=T --batch=8   # SwinV2
+  python experiments/bench_step.py --config=configs/resnet50_1_8.py --batch=64   # ResNet-50, 32px
 
-ViT and SwinV2 configs train on random images (`--image-size`), other configs on their task's own data
+ViT, SwinV2 and ResNet configs train on random images (`--image-size`; default: 224 for ViT,
+the config's for SwinV2 and ResNet), other configs on their task's own data
 (use a `:demo` config to stay offline). Prints a markdown table; the goal for ViT-S/16 at batch
 32 on CPU is a ratio <= 1.03 for every method.
 """
@@ -93,6 +95,33 @@ def synthetic_swin(config, image_size: int, batch: int, num_classes: int = 1000)
   def loss_fn(params, batch, key, train):
     logits = model.apply({"params": params}, batch["image"], train=train,
                          rngs={"dropout": key})
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                           batch["label"]).mean()
+    return loss, {}
+
+  return init_fn, loss_fn, data
+
+
+def synthetic_resnet(config, image_size: int, batch: int, num_classes: int = 10):
+  """(init_fn, loss_fn, batch) for the config's ResNet on random images and labels.
+
+  BatchNorm runs in train mode (batch statistics, as in pgf.train); the updated running
+  statistics are dropped, which leaves out only their few-kilobyte moving-average write."""
+  from pgf.tasks import resnet_model  # pylint: disable=g-import-not-at-top
+  model = resnet_model(config, num_classes)
+  rng = np.random.default_rng(0)
+  data = {"image": rng.normal(size=(batch, image_size, image_size, 3)).astype(np.float32),
+          "label": rng.integers(0, num_classes, size=(batch,)).astype(np.int32)}
+  state = jax.eval_shape(lambda: model.init(jax.random.key(0), data["image"][:1], train=False))
+  stats = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), state["batch_stats"])
+
+  def init_fn(key):
+    return model.init({"params": key}, data["image"][:1], train=False)["params"]
+
+  def loss_fn(params, batch, key, train):
+    del key
+    logits, _ = model.apply({"params": params, "batch_stats": stats}, batch["image"],
+                            train=train, mutable=["batch_stats"])
     loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
                                                            batch["label"]).mean()
     return loss, {}
@@ -319,8 +348,9 @@ def main():
   parser.add_argument("--variant", default="S/16", help="ViT variant ('' keeps the config's); "
                       "for a SwinV2 config T, S, B or L (anything else keeps the config's)")
   parser.add_argument("--batch", type=int, default=32, help="global batch size")
-  parser.add_argument("--image-size", type=int, default=None,
-                      help="ViT: 224 by default; SwinV2: the config's (256 for SwinV2-B)")
+  parser.add_argument("--image-size", type=int, default=0,
+                      help="random images' side (default: 224 for ViT, the config's for SwinV2 "
+                      "and ResNet)")
   parser.add_argument("--mesh", default="", help="e.g. data=-1,fsdp=2,model=1,axis_types=auto")
   # sdgf_custom needs user-given stages; its step is sdgf_stepwise's with other patterns.
   parser.add_argument("--methods", default=",".join(m for m in pgf.METHODS if m != "sdgf_custom"))
@@ -335,11 +365,12 @@ def main():
     config_lib.add_sharding(config, **parse_mesh(args.mesh),
                             rules=config.get("sharding_rules") or None)
   is_vit = config.model.name == "vit"
+  is_resnet = config.model.name == "resnet"
   if is_vit and args.variant:
     config.model.variant = args.variant
-  if is_vit:
-    args.image_size = args.image_size or 224
-    init_fn, loss_fn, local_batch = synthetic_vit(config, args.image_size, args.batch)
+  if is_resnet:
+    args.image_size = args.image_size or config.data.image_size
+    init_fn, loss_fn, local_batch = synthetic_resnet(config, args.image_size, args.batch)
   elif config.model.name == "swin":
     from pgf.models.swin import VARIANTS  # pylint: disable=g-import-not-at-top
     if args.variant in VARIANTS:
@@ -348,7 +379,9 @@ def main():
     init_fn, loss_fn, local_batch = synthetic_swin(config, args.image_size, args.batch)
     is_vit = True  # an image model: the header names the image size
   else:
-    init_fn, loss_fn, local_batch = task_based(config)
+    args.image_size = args.image_size or 224
+    init_fn, loss_fn, local_batch = (synthetic_vit(config, args.image_size, args.batch)
+                                     if is_vit else task_based(config))
   problems = sharding.config_problems(config, jax.device_count())
   if problems:
     raise SystemExit("Invalid config:\n  - " + "\n  - ".join(problems))
@@ -364,8 +397,10 @@ def main():
   times, ratios, ops = result["times"], result["ratios"], result["ops"]
 
   ff = ",".join(f"{rule[1]}" for rule in config.sparsity.rules) or "none"
-  print(f"\n{config.model.name} {config.model.variant}, batch {args.batch}"
-        f"{f', {args.image_size}px' if is_vit else ''}, rules {ff}, mesh "
+  variant = (f"stages {tuple(config.model.stage_sizes)} width {config.model.width}" if is_resnet
+             else config.model.variant)
+  print(f"\n{config.model.name} {variant}, batch {args.batch}"
+        f"{f', {args.image_size}px' if is_vit or is_resnet else ''}, rules {ff}, mesh "
         f"{dict(mesh.shape)} {mesh.axis_types[0].name}, {jax.device_count()} x "
         f"{jax.devices()[0].device_kind}, jax {jax.__version__}; {args.rounds} rounds x "
         f"{args.steps} steps per measurement, each method back to back with dense\n")

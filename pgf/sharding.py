@@ -72,6 +72,10 @@ DEFAULT_RULES = (
     (r"attention/out/kernel$", "model,fsdp"),
     (r"token_embedder/embedding$", "model,fsdp"),
     (r"logits_dense/kernel$", "fsdp,model"),
+    # ResNet (pgf/models/resnet.py): bottleneck and projection convs, HWIO. The input channels
+    # (the N:M groups' axis) split over "fsdp", the output channels over "model"; the stem (3
+    # input channels) and BatchNorm fall through to the FSDP rule below.
+    (r"stage_\d+/block_\d+/(conv_[012]|proj)/kernel$", "_,_,fsdp,model"),
     # Everything else (norms, biases, embeddings, head, Adam's count): FSDP when it divides.
     (r".*", "fsdp"),
 )

@@ -32,6 +32,11 @@ class Task:
       "bytes"), to give the eval metrics.
     extra_eval: optional (params) -> {name: value} run once per evaluation on the host
       (e.g. greedy-decoding exact match for text classification).
+    init_model_state: for models with state besides the params (BatchNorm's running
+      statistics): (rng) -> {collection: tree}, e.g. {"batch_stats": ...}. The train loop then
+      keeps it in the train state (checkpointed, sharded like the rest), passes it as
+      `model_state=` to loss_fn, which returns (loss, (metrics, new model state)), and to
+      eval_fn. None: the model is a pure function of its params.
   """
   name: str
   model: Any
@@ -43,6 +48,7 @@ class Task:
   eval_fn: Callable
   init_fn: Callable
   extra_eval: Callable | None = None
+  init_model_state: Callable | None = None
 
   def eval_batches(self) -> Iterator[Batch]:
     return self.eval_source.eval_batches()

@@ -43,12 +43,34 @@ def swin_model(config, num_classes: int):
       **config_swin.model_kwargs(config.model))
 
 
+def resnet_model(config, num_classes: int):
+  """The ResNet of `config.model` (pgf/models/resnet.py); no data needed."""
+  from pgf.models import resnet as resnet_lib  # pylint: disable=g-import-not-at-top
+  m = config.model
+  return resnet_lib.ResNet(
+      num_classes=num_classes, stage_sizes=tuple(m.stage_sizes), width=m.width, stem=m.stem,
+      bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon,
+      bn_axis_name=m.get("bn_axis_name") or None, dtype=jnp.dtype(m.get("dtype", "float32")))
+
+
+def image_model(config, num_classes: int):
+  """The image classifier of `config.model.name` ("vit", "swin" or "resnet")."""
+  if config.model.name == "resnet":
+    return resnet_model(config, num_classes)
+  if config.model.name == "swin":
+    return swin_model(config, num_classes)
+  return vit_model(config, num_classes)
+
+
 def classification_task(config, process_index: int = 0, process_count: int = 1) -> Task:
-  """ViT or SwinV2 (config.model.name) image classification on digits (embedded), cifar10 or
-  imagenet2012 (TFDS)."""
+  """ViT, SwinV2 or ResNet image classification on digits (embedded), cifar10 or imagenet2012
+  (TFDS).
+
+  A ResNet's BatchNorm statistics are model state (`Task.init_model_state`): updated by every
+  train step, used as running averages by eval."""
   train_source, eval_source = build_image_sources(config, process_index, process_count)
-  build_model = swin_model if config.model.name == "swin" else vit_model
-  model = build_model(config, train_source.num_classes)
+  model = image_model(config, train_source.num_classes)
+  stateful = config.model.name == "resnet"
   size = train_source.image_size
   channels = getattr(train_source, "channels", 3)
   example = {"image": np.zeros((1, size, size, channels), np.uint8),
@@ -64,29 +86,45 @@ def classification_task(config, process_index: int = 0, process_count: int = 1) 
       return mixup.normalize(images, train_source.mean, train_source.std)
     return images.astype(jnp.float32)
 
-  def init_fn(rng):
-    return model.init({"params": rng}, pixels(jnp.asarray(example["image"])),
-                      train=False)["params"]
+  def init_variables(rng):
+    return model.init({"params": rng}, pixels(jnp.asarray(example["image"])), train=False)
 
-  def loss_fn(params, batch, rng, train):
+  def init_fn(rng):
+    return init_variables(rng)["params"]
+
+  def init_model_state(rng):
+    return {k: v for k, v in init_variables(rng).items() if k != "params"}
+
+  def loss_fn(params, batch, rng, train, model_state=None):
     images = pixels(batch["image"])
     targets = mixup.soft_targets(batch["label"], num_classes, smoothing)
     if train and mix_spec.enabled:
       images, targets, _ = mixup.mix_batch(jax.random.fold_in(rng, 1), images, targets,
                                            mix_spec)
-    logits = model.apply({"params": params}, images, train=train,
-                         rngs={"dropout": rng} if train else None).astype(jnp.float32)
+    rngs = {"dropout": rng} if train else None
+    if model_state is None:
+      logits = model.apply({"params": params}, images, train=train, rngs=rngs)
+    elif train:  # BatchNorm normalises with batch statistics and updates the running ones
+      logits, new_state = model.apply({"params": params, **model_state}, images, train=True,
+                                      rngs=rngs, mutable=list(model_state))
+    else:
+      logits, new_state = model.apply({"params": params, **model_state}, images,
+                                      train=False), model_state
+    logits = logits.astype(jnp.float32)
     if loss_kind == "sigmoid_bce":
       losses = optax.sigmoid_binary_cross_entropy(logits, targets).mean(axis=-1)
     else:
       losses = optax.softmax_cross_entropy(logits, targets)
     valid = batch["valid"]
     correct = jnp.argmax(logits, -1) == batch["label"]
-    return masked_mean(losses, valid), {"accuracy": masked_mean(correct.astype(jnp.float32),
-                                                                    valid)}
+    metrics = {"accuracy": masked_mean(correct.astype(jnp.float32), valid)}
+    if model_state is None:
+      return masked_mean(losses, valid), metrics
+    return masked_mean(losses, valid), (metrics, new_state)
 
-  def eval_fn(params, batch):
-    logits = model.apply({"params": params}, pixels(batch["image"]), train=False)
+  def eval_fn(params, batch, model_state=None):
+    logits = model.apply({"params": params, **(model_state or {})}, pixels(batch["image"]),
+                         train=False)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
                                                              batch["label"])
     valid = batch["valid"].astype(jnp.float32)
@@ -95,7 +133,7 @@ def classification_task(config, process_index: int = 0, process_count: int = 1) 
             "count": jnp.sum(valid)}
 
   return Task("classification", model, train_source, eval_source, example, "image", loss_fn,
-              eval_fn, init_fn)
+              eval_fn, init_fn, init_model_state=init_model_state if stateful else None)
 
 
 def build_image_sources(config, process_index: int, process_count: int):
@@ -130,9 +168,10 @@ def num_train_examples(task: Task) -> int:
 
 
 def build_task(config, process_index: int = 0, process_count: int = 1) -> Task:
-  if config.model.name in ("vit", "swin"):
+  if config.model.name in ("vit", "swin", "resnet"):
     return classification_task(config, process_index, process_count)
   if config.model.name == "t5":
     from pgf import text_tasks  # pylint: disable=g-import-not-at-top
     return text_tasks.seq2seq_task(config, process_index, process_count)
-  raise ValueError(f"config.model.name={config.model.name!r}: expected 'vit', 'swin' or 't5'")
+  raise ValueError(f"config.model.name={config.model.name!r}: expected 'vit', 'swin', 'resnet' "
+                   "or 't5'")

@@ -284,6 +284,8 @@ def _build_state(config, task: Task, recipe: pgf.Recipe, tx, mesh, rng, checkpoi
   def init_state(rng):
     params = task.init_fn(rng)
     state = {"step": jnp.zeros([], jnp.int32), "params": params, "opt_state": tx.init(params)}
+    if task.init_model_state is not None:  # e.g. BatchNorm statistics, checkpointed with it
+      state["model_state"] = task.init_model_state(rng)
     if noise_every:
       # Gradient-noise statistics (paper §4): the masks of the previous measurement live in
       # the state so mask flips are counted exactly across a resume.
@@ -316,7 +318,7 @@ def _build_state(config, task: Task, recipe: pgf.Recipe, tx, mesh, rng, checkpoi
 class StepFns(NamedTuple):
   """The jitted computations of a run, each on global arrays (every process runs each)."""
   train_step: Any       # (state, batch) -> (state, metrics)
-  eval_step: Any        # (params, batch) -> {metric: per-batch sum}
+  eval_step: Any        # (params, batch, model_state) -> {metric: per-batch sum}
   effective: Any        # (params, opt_state, step) -> the forward weights of that step
   deployed: Any         # (params, opt_state) -> finalized params (the trained masks)
   sparsity: Any         # (params, opt_state, step) -> measured fraction of zeros
@@ -326,7 +328,12 @@ class StepFns(NamedTuple):
 
 def _compile_steps(task: Task, recipe: pgf.Recipe, tx, lr_schedule, mesh, state_shardings,
                    noise_every: int, train_rng) -> StepFns:
-  model_loss = sharding_lib.auto_model(lambda p, b, r: task.loss_fn(p, b, r, True), mesh)
+  stateful = task.init_model_state is not None
+  if stateful:  # loss_fn returns (loss, (metrics, new model state))
+    model_loss = sharding_lib.auto_model(
+        lambda p, b, r, s: task.loss_fn(p, b, r, True, model_state=s), mesh)
+  else:
+    model_loss = sharding_lib.auto_model(lambda p, b, r: task.loss_fn(p, b, r, True), mesh)
   if noise_every:
     from pgf.analysis import noise as noise_lib  # pylint: disable=g-import-not-at-top
 
@@ -336,15 +343,20 @@ def _compile_steps(task: Task, recipe: pgf.Recipe, tx, lr_schedule, mesh, state_
 
     def loss_fn(params):
       effective = pgf.sparsify(params, recipe, step, masks=_masks(state["opt_state"], recipe))
+      if stateful:
+        return model_loss(effective, batch, step_rng, state["model_state"])
       return model_loss(effective, batch, step_rng)
 
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    metrics, model_state = aux if stateful else (aux, None)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     grad_norm = optax.tree.norm(grads)
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm, learning_rate=lr_schedule(step),
                    finite_loss=jnp.isfinite(loss), finite_grads=jnp.isfinite(grad_norm))
     new_state = {"step": step + 1, "params": params, "opt_state": opt_state}
+    if stateful:
+      new_state["model_state"] = model_state
     if noise_every:
       measure = lambda: noise_lib.noise_stats(state["params"], grads, opt_state, recipe, step,
                                               state["noise_masks"])
@@ -354,14 +366,19 @@ def _compile_steps(task: Task, recipe: pgf.Recipe, tx, lr_schedule, mesh, state_
           step % noise_every == 0, measure, skip)
     return new_state, metrics
 
+  # Eval reads the running model state (BatchNorm averages); {} for a stateless task.
+  model_eval = ((lambda p, b, s: task.eval_fn(p, b, model_state=s)) if stateful
+                else (lambda p, b, s: task.eval_fn(p, b)))
   batch_sharding, replicated = sharding_lib.batch_sharding(mesh), sharding_lib.replicated(mesh)
   param_shardings = state_shardings["params"]
   jit = functools.partial(sharding_lib.jit, mesh=mesh)
   return StepFns(
       train_step=jit(train_step, in_shardings=(state_shardings, batch_sharding),
                      out_shardings=(state_shardings, replicated), donate_argnums=(0,)),
-      eval_step=jit(sharding_lib.auto_model(task.eval_fn, mesh),
-                    in_shardings=(param_shardings, batch_sharding), out_shardings=replicated),
+      eval_step=jit(sharding_lib.auto_model(model_eval, mesh),
+                    in_shardings=(param_shardings, batch_sharding,
+                                  state_shardings.get("model_state", {})),
+                    out_shardings=replicated),
       effective=jit(lambda params, opt_state, step: pgf.sparsify(
           params, recipe, step, masks=_masks(opt_state, recipe)), out_shardings=param_shardings),
       # Deployed = the masks the forward pass used (stored ones when mask_update_every > 1).
@@ -380,8 +397,9 @@ def _evaluate(task: Task, fns: StepFns, mesh, state) -> dict[str, float]:
                        ("deployed", fns.deployed(state["params"], state["opt_state"]))):
     sums = None
     for batch in task.eval_batches():
-      batch_sums = fns.eval_step(params, sharding_lib.global_batch(
-          sharding_lib.pad_rows(batch, fns.eval_rows), fns.batch_sharding))
+      batch = sharding_lib.global_batch(sharding_lib.pad_rows(batch, fns.eval_rows),
+                                        fns.batch_sharding)
+      batch_sums = fns.eval_step(params, batch, state.get("model_state", {}))
       sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
     sums = jax.device_get(sums)
     count = max(float(sums.pop("count")), 1.0)
@@ -490,7 +508,8 @@ def _init_params_from(source: str, state, abstract_state, tx):
                      + (f"({type(error).__name__}: {error})" if error is not None
                         else "on another process")) from error
   log.info("init_from %s (step %d)", source, step)
-  return {"step": state["step"], "params": params, "opt_state": tx.init(params)}
+  # Model state (BatchNorm statistics) starts fresh, like the optimizer.
+  return dict(state, params=params, opt_state=tx.init(params))
 
 
 def _read_params(item_directory: str, abstract_params, source: str):

@@ -1,4 +1,4 @@
-r"""FLOPs of N:M-sparse transformers: inference per example, and training for a whole recipe.
+r"""FLOPs of N:M-sparse transformers and CNNs: inference per example, and training for a recipe.
 
     python -m pgf.analysis.flops --config=configs/vit_1_16.py
     python -m pgf.analysis.flops --config=configs/vit_1_16.py:demo --class_token
@@ -13,6 +13,10 @@ Counting convention (it reproduces the paper's Appendix D; see tests/test_flops.
   and residual adds are not. The patch embedding and the classifier head (T5: the logits
   projection) are listed as the groups "embedding" and "head" and left out of totals unless
   `groups` names them;
+* a convolution is the matmul of its im2col form: (output pixels, kh·kw·I) by (kh·kw·I, O), so
+  a ResNet's convs (group "conv", stem included) cost 2·Ho·Wo·kh·kw·I·O and N:M scales them by
+  N/M whether the groups run along I (axis 2) or over kh·kw·I (axes (0, 1, 2)); the classifier is
+  "head". ResNet-50 at 224 px: 8.18 GFLOPs of convs (4.09 G multiply-accumulates);
 * 1 GFLOP = 10^9 FLOPs (not 2^30);
 * ViT tokens are the patches only, 196 at 224/16: the class token is not counted
   (`class_token=True` counts it; then self-attention is 12.59 GFLOPs, not the paper's 12.51).
@@ -40,16 +44,19 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from pgf.analysis.schedule import schedule_arrays
+from pgf.masks import normalize_axes
 from pgf.recipes import Recipe
 
-__all__ = ["Matmul", "vit_matmuls", "t5_matmuls", "swin_matmuls", "matmuls_from_config", "as_recipe",
+__all__ = ["Matmul", "vit_matmuls", "t5_matmuls", "swin_matmuls",
+           "resnet_matmuls", "matmuls_from_config", "as_recipe",
            "inference_flops", "training_flops_per_step", "training_flops", "COUNTED_GROUPS",
            "PAPER_PATTERNS", "GFLOP"]
 
 GFLOP = 1e9
-# "merging": SwinV2's patch merging (dense linear layers between stages); ViT and T5 have none.
-COUNTED_GROUPS = ("attention", "mlp", "merging")
-ALL_GROUPS = ("attention", "mlp", "merging", "embedding", "head")
+# "merging": SwinV2's patch merging (dense linear layers between stages); "conv": ResNet's
+# convolutions (as im2col matmuls). ViT and T5 have neither.
+COUNTED_GROUPS = ("attention", "mlp", "merging", "conv")
+ALL_GROUPS = ("attention", "mlp", "merging", "conv", "embedding", "head")
 # The FF patterns of the paper's Appendix D table.
 PAPER_PATTERNS = ("2:4", "1:4", "1:8", "1:16", "1:32", "1:128")
 _VIT_CLASSES = {"imagenet2012": 1000, "cifar10": 10, "digits": 10}
@@ -62,11 +69,13 @@ class Matmul:
   Attributes:
     name: the kernel's parameter path (what sparsity rules match), or for a product of two
       activations the layer path plus "/scores" or "/weighted_sum".
-    group: "attention", "mlp", "merging", "embedding" or "head".
+    group: "attention", "mlp", "merging", "conv", "embedding" or "head".
     rows: rows of the activation operand (tokens).
     k: contracting length (what an N:M group of M must divide).
     cols: output features.
     kernel: False for activation x activation products, which no rule can sparsify.
+    shape: the kernel's own shape when its N:M groups may cover only part of k (a conv's HWIO:
+      a rule's axis then picks the grouped length); empty for a plain (k, cols) kernel.
   """
   name: str
   group: str
@@ -74,6 +83,7 @@ class Matmul:
   k: int
   cols: int
   kernel: bool = True
+  shape: tuple[int, ...] = ()
 
   @property
   def flops(self) -> int:
@@ -169,6 +179,45 @@ def swin_matmuls(dims: str | Mapping[str, Any] = "B", image_size: int = 256,
   return tuple(out)
 
 
+def resnet_matmuls(stage_sizes: Sequence[int] = (3, 4, 6, 3), width: int = 64,
+                   stem: str = "imagenet", image_size: int = 224, channels: int = 3,
+                   num_classes: int = 1000) -> tuple[Matmul, ...]:
+  """The convolutions (as im2col matmuls) and the head of a pgf ResNet (pgf/models/resnet.py).
+
+  Defaults are ResNet-50 at 224 px; `stem="cifar"` with image_size=32 is the CIFAR variant.
+  """
+  if stem not in ("imagenet", "cifar"):
+    raise ValueError(f"stem={stem!r}: 'imagenet' or 'cifar'")
+  if not isinstance(image_size, (int, np.integer)) or image_size <= 0:
+    raise ValueError(f"image_size={image_size!r}: must be a positive int")
+  out = []
+
+  def conv(name, size, k, cin, cout, stride=1):
+    side = -(-size // stride)  # SAME padding (and the explicit 1-pixel pads): ceil(size / s)
+    out.append(Matmul(name, "conv", side * side, k * k * cin, cout, shape=(k, k, cin, cout)))
+    return side
+
+  if stem == "imagenet":
+    size = conv("stem_conv/kernel", image_size, 7, channels, width, 2)
+    size = -(-size // 2)  # 3x3 stride-2 max-pool (no FLOPs counted)
+  else:
+    size = conv("stem_conv/kernel", image_size, 3, channels, width)
+  cin = width
+  for s, blocks in enumerate(stage_sizes):
+    mid = width * 2**s
+    for b in range(blocks):
+      stride = 2 if s > 0 and b == 0 else 1
+      prefix = f"stage_{s}/block_{b}"
+      conv(f"{prefix}/conv_0/kernel", size, 1, cin, mid)
+      new_size = conv(f"{prefix}/conv_1/kernel", size, 3, mid, mid, stride)
+      conv(f"{prefix}/conv_2/kernel", new_size, 1, mid, 4 * mid)
+      if b == 0 and (cin != 4 * mid or stride != 1):
+        conv(f"{prefix}/proj/kernel", size, 1, cin, 4 * mid, stride)
+      size, cin = new_size, 4 * mid
+  out.append(Matmul("head/kernel", "head", 1, cin, num_classes))
+  return tuple(out)
+
+
 def _attention(prefix: str, q_len: int, kv_len: int, emb: int, inner: int) -> list[Matmul]:
   return [
       Matmul(f"{prefix}/query/kernel", "attention", q_len, emb, inner),
@@ -245,7 +294,13 @@ def matmuls_from_config(config, class_token: bool = False, input_length: int | N
     return swin_matmuls(sizes, int(data.image_size), sizes["window_size"], sizes["patch_size"],
                         int(data.get("channels", 3)), _VIT_CLASSES.get(data.get("name"), 1000),
                         sizes["mlp_ratio"])
-  raise ValueError(f"config.model.name={model.get('name')!r}: expected 'vit', 'swin' or 't5'")
+  if model.get("name") == "resnet":
+    data = config.data
+    return resnet_matmuls(tuple(model.stage_sizes), int(model.width), model.stem,
+                          int(data.image_size), int(data.get("channels", 3)),
+                          _VIT_CLASSES.get(data.get("name"), 1000))
+  raise ValueError(f"config.model.name={model.get('name')!r}: expected 'vit', 'swin', 'resnet' "
+                   "or 't5'")
 
 
 def _t5_from_config(config, input_length: int | None, target_length: int | None):
@@ -311,10 +366,13 @@ def _rule_of_matmuls(matmuls: Sequence[Matmul], recipe: Recipe) -> list[int | No
       problems.append(f"rules[{i}] pattern {rule.pattern!r} matches no kernel of this model "
                       f"(names look like {example!r})")
     for mm in matched:
+      length = mm.k
+      if mm.shape and rule.axis is not None:  # e.g. a conv grouped along its input channels
+        length = int(np.prod([mm.shape[a] for a in normalize_axes(mm.shape, rule.axis)]))
       for n, m in recipe.stages(rule):
-        if mm.k % m:
-          problems.append(f"{mm.name}: rules[{i}] '{n}:{m}' needs the contracting length "
-                          f"{mm.k} to be divisible by {m}")
+        if length % m:
+          problems.append(f"{mm.name}: rules[{i}] '{n}:{m}' needs the grouped length "
+                          f"{length} to be divisible by {m}")
   if problems:
     raise ValueError("rules do not fit this model:\n  - " + "\n  - ".join(problems))
   return index
@@ -429,16 +487,18 @@ def inference_table(matmuls, recipe: Recipe, groups=COUNTED_GROUPS, per: str = "
       continue  # M does not divide some kernel
     label = pattern + (" (config)" if configured == (pattern,) * len(configured) else "")
     rows.append((label, flops))
-  if configured and len(set(configured)) > 1:
+  if configured and (len(set(configured)) > 1 or configured[0] not in PAPER_PATTERNS):
     rows.append((", ".join(configured) + " (config)", inference_flops(matmuls, recipe, groups)))
   dense_total = rows[0][1]["total"]
   scale, unit = _unit(dense_total / divisor)
   scale *= divisor
-  lines = [f"| rules at | attention | mlp | total {unit} per {per} | vs dense |",
-           "|---|---|---|---|---|"]
+  # attention and mlp (transformers), conv (CNNs): the counted groups this model has.
+  columns = tuple(g for g in ("attention", "mlp", "conv") if rows[0][1][g]) or ("attention", "mlp")
+  lines = [f"| rules at | {' | '.join(columns)} | total {unit} per {per} | vs dense |",
+           "|---|---|" + "---|" * len(columns) + "---|"]
   for label, f in rows:
-    lines.append(f"| {label} | {f['attention'] / scale:.4f} | {f['mlp'] / scale:.4f} | "
-                 f"{f['total'] / scale:.4f} | {f['total'] / dense_total:.3f}x |")
+    lines.append(f"| {label} | " + " | ".join(f"{f[c] / scale:.4f}" for c in columns)
+                 + f" | {f['total'] / scale:.4f} | {f['total'] / dense_total:.3f}x |")
   return "\n".join(lines)
 
 
@@ -497,6 +557,10 @@ def describe(config, steps: int | None = None, class_token: bool = False,
     embed = matmuls[0]
     header = (f"SwinV2 {model.variant} at {config.data.image_size}px: {embed.rows} tokens in "
               f"stage 0, window {model.window_size}")
+    inference = inference_table(matmuls, recipe, groups, "image")
+  elif model.name == "resnet":
+    header = (f"ResNet (stages {tuple(model.stage_sizes)}, width {model.width}, {model.stem} "
+              f"stem) at {config.data.image_size}px")
     inference = inference_table(matmuls, recipe, groups, "image")
   else:
     encoder = next(m for m in matmuls if m.name.endswith("attention/query/kernel"))

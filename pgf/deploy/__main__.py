@@ -30,7 +30,8 @@ def _report():
   config = FLAGS.config
   _, params, _ = model.abstract_model(config)
   report = model.size_report(params, model.config_recipe(config), FLAGS.dtype or "bfloat16")
-  print(f"{config.model.name} {config.model.variant}: {len(report['kernels'])} N:M kernels")
+  print(f"{config.model.name} {config.model.get('variant', '')}: {len(report['kernels'])} N:M "
+        "kernels")
   print(model.format_report(report, FLAGS.per_kernel))
 
 

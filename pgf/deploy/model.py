@@ -132,16 +132,16 @@ def export_checkpoint(workdir: str, out: str, step: int | None = None,
 
 
 def abstract_model(config):
-  """(model, abstract params, example inputs) of a ViT, SwinV2 or T5 config, without reading any
-  data."""
+  """(model, abstract params, example inputs) of a ViT, SwinV2, ResNet or T5 config, without
+  reading any data (a ResNet's BatchNorm statistics are not params and are left out)."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   name = config.model.name
-  if name in ("vit", "swin"):
+  if name in ("vit", "swin", "resnet"):
     from pgf import tasks  # pylint: disable=g-import-not-at-top
     from pgf.data import digits, images  # pylint: disable=g-import-not-at-top
     dataset = config.data.name.split(":")[0].split("/")[0]
     classes = digits.NUM_CLASSES if dataset == "digits" else images.DATASETS[dataset].num_classes
-    model = (tasks.swin_model if name == "swin" else tasks.vit_model)(config, classes)
+    model = tasks.image_model(config, classes)
     size = config.data.image_size
     inputs = (jnp.zeros((1, size, size, 3), jnp.float32),)
   elif name == "t5":
@@ -150,7 +150,7 @@ def abstract_model(config):
     model = text_tasks.t5_model(config, vocab)
     inputs = (jnp.ones((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32))
   else:
-    raise ValueError(f"config.model.name={name!r}: expected 'vit', 'swin' or 't5'")
+    raise ValueError(f"config.model.name={name!r}: expected 'vit', 'swin', 'resnet' or 't5'")
   params = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, *inputs,
                                              train=False)["params"])
   return model, params, inputs

@@ -162,9 +162,23 @@ def _dense_general_call(module, inputs, kernel: NMKernel, impl):
   return out
 
 
+def _conv_call(module, inputs, kernel: NMKernel):
+  """An nn.Conv whose kernel is an `NMKernel`: the kernel is expanded to W ⊙ Φ in the graph and
+  the layer runs unchanged (XLA's dense convolution; the compressed bytes are what is stored)."""
+  params = {"kernel": kernel.dense()}
+  if module.use_bias:
+    params["bias"] = module.get_variable("params", "bias")
+  return module.clone(parent=None).apply({"params": params}, inputs)
+
+
 def _interceptor(next_fun, args, kwargs, context, impl=None):
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   module = context.module
+  if (context.method_name == "__call__" and isinstance(module, nn.Conv)
+      and module.has_variable("params", "kernel")
+      and isinstance(module.get_variable("params", "kernel"), NMKernel)):
+    return _conv_call(module, args[0] if args else kwargs["inputs"],
+                      module.get_variable("params", "kernel"))
   if context.method_name != "__call__" or not isinstance(module, (nn.Dense, nn.DenseGeneral)):
     return next_fun(*args, **kwargs)
   if not module.has_variable("params", "kernel"):
@@ -184,8 +198,9 @@ def intercept(impl: str | None = None):
       with pgf.deploy.intercept():
         logits = model.apply({"params": params}, images, train=False)
 
-  Use it around tracing (inside or around `jax.jit`'s first call); a compressed kernel in any
-  other kind of layer (e.g. a Conv) is not intercepted: `pgf.deploy.densify` that leaf first.
+  Use it around tracing (inside or around `jax.jit`'s first call). An nn.Conv with a compressed
+  kernel expands it to W ⊙ Φ in the graph and convolves densely; a compressed kernel in any other
+  kind of layer is not intercepted: `pgf.deploy.densify` that leaf first.
   """
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   if impl is not None:
