@@ -237,8 +237,8 @@ def validate(config, process_count: int = 1, device_count: int = 1,
   from pgf import sharding  # pylint: disable=g-import-not-at-top
   problems.extend(sharding.config_problems(config, device_count))
   need(optim.lr > 0, f"config.optim.lr={optim.lr!r}: must be > 0")
-  need(optim.schedule in ("cosine", "constant"),
-       f"config.optim.schedule={optim.schedule!r}: 'cosine' or 'constant'")
+  need(optim.schedule in ("cosine", "constant", "rsqrt"),
+       f"config.optim.schedule={optim.schedule!r}: 'cosine', 'constant' or 'rsqrt'")
   need(0 <= optim.b1 < 1 and 0 <= optim.b2 < 1,
        f"config.optim.b1/b2=({optim.b1}, {optim.b2}): must be in [0, 1)")
   need(optim.weight_decay >= 0, f"config.optim.weight_decay={optim.weight_decay!r}: >= 0")

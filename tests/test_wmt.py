@@ -63,3 +63,29 @@ def test_t5_tokenizer_path_accepts_a_sentencepiece_model(spm_file):
   assert tokenizer.decode(batch["inputs"][0]).startswith("shakespeare next line: ")
   rows = (batch["targets"] == tokenizer.eos_id).sum(axis=1)
   assert (rows == 1).all()  # every target is one EOS-terminated line
+
+
+# ------------------------------------------------------------------------------------ rsqrt schedule
+def test_rsqrt_schedule_is_the_printed_constant_over_sqrt_step():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import pgf  # pylint: disable=g-import-not-at-top
+  from pgf import train  # pylint: disable=g-import-not-at-top
+  schedule = train.rsqrt_schedule(0.0625, 1000)
+  expected = {0: 0.0, 1: 0.0625 / 1000 / 1000 ** 0.5, 500: 0.0625 / 2 / 1000 ** 0.5,
+              1000: 0.0625 / 1000 ** 0.5, 4000: 0.0625 / 4000 ** 0.5,
+              200_000: 0.0625 / 200_000 ** 0.5}
+  for step, value in expected.items():
+    assert float(schedule(step)) == pytest.approx(value, rel=1e-6), step
+  assert float(schedule(1000)) == pytest.approx(1.976e-3, rel=1e-3)  # the peak
+  assert float(schedule(4000)) == pytest.approx(float(schedule(1000)) / 2, rel=1e-6)
+  # Wired into the trainer's optimizer builder; the warm-up is not clamped to a short run.
+  config = ml_collections.ConfigDict(dict(batch_size=512, optim=dict(
+      lr=0.0625, reference_batch=512, schedule="rsqrt", b1=0.9, b2=0.92, weight_decay=0.0,
+      grad_clip=0.0)))
+  recipe = pgf.Recipe(method="dense", rules=(), total_steps=10)
+  _, built = train.build_optimizer(config, recipe, total_steps=10, warmup_steps=1000)
+  for step in (0, 5, 1000, 3000):
+    assert float(built(step)) == pytest.approx(float(schedule(step)), rel=1e-6)
+  config.optim.schedule = "linear"
+  with pytest.raises(ValueError, match="config.optim.schedule='linear'"):
+    train.build_optimizer(config, recipe, total_steps=10, warmup_steps=1000)
