@@ -303,7 +303,11 @@ def _t5_problems(config) -> list[str]:
   z_loss = config.get("z_loss", 0.0)
   if not isinstance(z_loss, (int, float)) or z_loss < 0:
     problems.append(f"config.z_loss={z_loss!r}: a float >= 0")
-  return problems
+  # WMT translation (paper Table 5): its messages replace the generic ones for the same field.
+  from pgf.configs_wmt import wmt_problems  # pylint: disable=g-import-not-at-top
+  wmt = wmt_problems(config)
+  fields = {p.split("=")[0] for p in wmt}
+  return [p for p in problems if p.split("=")[0] not in fields] + wmt
 
 
 def load(spec: str) -> ml_collections.ConfigDict:
