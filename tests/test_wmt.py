@@ -153,3 +153,117 @@ def test_wmt_config_one_train_step_on_mock_tfds(spm_file, tmp_path):
     assert np.isfinite(summary[f"{kind}_loss_per_token"])
   # lr 0.0625 is given at the reference batch 512 and scaled linearly to the batch used.
   assert summary["lr_peak"] == pytest.approx(0.0625 * 4 / 512)
+
+
+# ----------------------------------------------------------------------- configs x methods, full size
+WMT_CONFIGS = ("wmt_1_16.py", "wmt_1_32.py", "wmt_1_64.py", "wmt_1_128.py")
+TABLE5_METHODS = ("dense", "sr_ste", "sdgf_stepwise", "mdgf_exp")
+
+
+@pytest.fixture(scope="module")
+def wmt_params():
+  """Abstract params of the full-size WMT model with the 32k vocabulary (nothing materialised)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  model = text_tasks.t5_model(load_config("wmt_1_16.py"), vocab_size=32_000)
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32),
+                                           jnp.ones((1, 4), jnp.int32)))["params"]
+
+
+def test_every_wmt_config_and_method_fits_the_full_size_model(wmt_params):
+  import jax  # pylint: disable=g-import-not-at-top
+  import pgf  # pylint: disable=g-import-not-at-top
+  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  from pgf.train import build_recipe, learning_rate  # pylint: disable=g-import-not-at-top
+  sizes = [int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(wmt_params)]
+  assert 205e6 < sum(sizes) < 215e6  # 212M, the Flax WMT example's size class
+  assert "logits_dense" not in wmt_params["decoder"]  # logits through the shared embedding
+  for name in WMT_CONFIGS:
+    m = int(name[len("wmt_1_"):-3])
+    for method in TABLE5_METHODS:
+      config = load_config(name, f"method={method}")
+      config.data.tokenizer = "/path/to/wmt_de_en_32k.model"
+      config_lib.validate(config)
+      assert config.batch_size == 512 and config.total_steps == 200_000
+      assert (config.optim.b1, config.optim.b2, config.optim.schedule) == (0.9, 0.92, "rsqrt")
+      assert learning_rate(config) == 0.0625 and config.optim.warmup_steps == 1000
+      recipe, notes = pgf.fit_sdgf_k(wmt_params, build_recipe(config, config.total_steps))
+      assert not notes, (name, method, notes)
+      matched = pgf.check_params(wmt_params, recipe)  # every rule matches; every M divides
+      assert len(matched) == 3 * (6 + 6) and all("/mlp/" in p for p in matched)
+      assert [(r.n, r.m) for r in recipe.rules] == [(1, m)]
+    demo = load_config(name, "demo")
+    config_lib.validate(demo)
+    assert demo.data.name == "shakespeare_next_line" and demo.model.emb_dim % m == 0
+
+
+def test_default_sharding_places_the_wmt_kernels(wmt_params):
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.sharding import AbstractMesh, AxisType, PartitionSpec  # pylint: disable=g-import-not-at-top
+  from pgf import sharding  # pylint: disable=g-import-not-at-top
+  from pgf.sparsify import leaf_path  # pylint: disable=g-import-not-at-top
+  mesh = AbstractMesh((1, 8, 2), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+  rules = sharding.parse_rules(sharding.DEFAULT_RULES)
+  specs = {leaf_path(kp): (leaf.shape, sharding.leaf_spec(leaf_path(kp), leaf.shape, rules, mesh))
+           for kp, leaf in jax.tree_util.tree_flatten_with_path(wmt_params)[0]}
+  sizes = dict(mesh.shape)
+  for path, (shape, spec) in specs.items():
+    if "/mlp/" in path:
+      # Megatron FF, and at 1:128 each shard of the grouped (contracting) axis holds whole groups.
+      assert spec == (PartitionSpec("model", "fsdp") if "/wo/" in path
+                      else PartitionSpec("fsdp", "model")), path
+      assert (shape[0] // sizes[spec[0]]) % 128 == 0, path
+    elif "attention/" in path and path.endswith("kernel"):
+      assert spec in (PartitionSpec("fsdp", "model"), PartitionSpec("model", "fsdp")), path
+  assert specs["token_embedder/embedding"][1] == PartitionSpec("model", "fsdp")
+
+
+# ------------------------------------------------------------------------------- metrics, validation
+def test_token_accuracy_on_a_hand_made_batch():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  targets = np.array([[5, 6, 7, 1], [8, 1, 0, 0], [9, 9, 1, 0]])
+  predicted = np.array([[5, 6, 3, 1],    # 3 of 4 right
+                        [4, 1, 0, 0],    # 1 of 2 right; argmax on padding does not count
+                        [9, 9, 1, 7]])   # a padded eval row: ignored entirely
+  logits = jnp.asarray(np.eye(12)[predicted] * 5.0, jnp.float32)
+  batch = {"targets": jnp.asarray(targets), "valid": jnp.asarray([True, True, False])}
+  correct, tokens = text_tasks.token_accuracy_sums(logits, batch["targets"],
+                                                   text_tasks.target_weights(batch))
+  assert (float(correct), float(tokens)) == (4.0, 6.0)  # token accuracy 4/6, pooled over tokens
+
+
+def test_bleu_is_sacrebleu_on_the_detokenized_pieces(spm_file):
+  import sacrebleu  # pylint: disable=g-import-not-at-top
+  from pgf.data.text import pad_or_truncate  # pylint: disable=g-import-not-at-top
+  t = SentencePieceTokenizer(spm_file, num_extra_ids=0)
+  references = ["What light through yonder window breaks?", "The lady doth protest too much.",
+                "Good night, good night! Parting is such sweet sorrow."]
+  hypotheses = ["What light through yonder window breaks?", "The lady protests too much.",
+                "Good night, parting is sweet sorrow."]
+  rows = [pad_or_truncate(np.append(t.encode(h), t.eos_id), 40) for h in hypotheses]
+  decoded = [t.decode(row, render_sentinels=False) for row in rows]
+  assert decoded == hypotheses  # SentencePiece detokenizes these losslessly
+  score = text_tasks.corpus_bleu(decoded, references)
+  assert score == pytest.approx(sacrebleu.corpus_bleu(hypotheses, [references]).score)
+  assert 0.0 < score < 100.0
+  assert text_tasks.corpus_bleu(references, references) == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("data.tokenizer", "byte", "config.data.tokenizer='byte': WMT needs"),
+    ("data.source_language", "fr", "config.data.source_language='fr'"),
+    ("data.target_language", "en", "config.data.target_language='en'"),
+    ("data.bleu_examples", -1, "config.data.bleu_examples=-1"),
+    ("data.target_length", 1, "config.data.target_length=1"),
+    ("optim.schedule", "rsqrt_decay", "config.optim.schedule='rsqrt_decay'"),
+    ("data.name", "wmt19", "config.data.name='wmt19'"),
+])
+def test_bad_wmt_config_fields_are_named(field, value, message):
+  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  config = load_config("wmt_1_32.py")
+  config.data.tokenizer = "/path/to/wmt_de_en_32k.model"
+  config_lib.apply_overrides(config, {field: value})
+  with pytest.raises(ValueError) as info:
+    config_lib.validate(config)
+  assert message in str(info.value)
+  assert text_tasks.dataset_kind("wmt") == "translation"
