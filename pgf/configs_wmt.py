@@ -29,6 +29,7 @@ PAPER_TABLE5 = {"1:16": (0.709, 0.717, 0.717), "1:32": (0.707, 0.713, 0.714),
                 "1:64": (0.707, 0.710, 0.711), "1:128": (0.707, 0.708, 0.711)}
 PAPER_DENSE = 0.747
 LANGUAGES = ("de", "en")
+VOCAB_SIZE = 32_000  # the shared SentencePiece vocabulary (a multiple of 128 already)
 
 
 def wmt_config(ff: str = "1:16", arg: str | None = None) -> ml_collections.ConfigDict:
@@ -41,7 +42,7 @@ def wmt_config(ff: str = "1:16", arg: str | None = None) -> ml_collections.Confi
   config = ml_collections.ConfigDict()
   config.seed = arg.seed
   config.model = ml_collections.ConfigDict(dict(
-      name="t5", variant="large", vocab_size=0, dropout_rate=0.1, logits_via_embedding=True,
+      name="t5", variant="large", vocab_size=VOCAB_SIZE, dropout_rate=0.1, logits_via_embedding=True,
       dtype="bfloat16", **WMT_SIZES))
   config.sparsity = config_lib.sparsity_config(arg.method, config_lib.t5_rules(ff))
   config.z_loss = 0.0  # plain token cross-entropy
@@ -71,7 +72,7 @@ def wmt_config(ff: str = "1:16", arg: str | None = None) -> ml_collections.Confi
   if arg.demo:
     # Shakespeare's next line given the two before it stands in for translation: a seq2seq task
     # with real text, learned from scratch in CPU minutes (no WMT download). Bytes, no sentinels.
-    config.model.update(variant="tiny", dropout_rate=0.0, dtype="float32",
+    config.model.update(variant="tiny", vocab_size=0, dropout_rate=0.0, dtype="float32",
                         **config_lib.T5_DEMO_SIZES)
     config.data.update(name=arg.dataset or "shakespeare_next_line", tokenizer="byte",
                        input_length=128, target_length=64, num_eval_examples=512,

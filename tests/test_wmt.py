@@ -267,3 +267,27 @@ def test_bad_wmt_config_fields_are_named(field, value, message):
     config_lib.validate(config)
   assert message in str(info.value)
   assert text_tasks.dataset_kind("wmt") == "translation"
+
+
+def test_flops_of_the_wmt_model_by_hand(wmt_params):
+  from pgf.analysis import flops  # pylint: disable=g-import-not-at-top
+  from pgf.sparsify import leaf_path  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  config = load_config("wmt_1_16.py")  # no vocabulary file needed: model.vocab_size is 32000
+  matmuls = flops.matmuls_from_config(config)
+  paths = {leaf_path(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(wmt_params)[0]}
+  assert {mm.name for mm in matmuls if mm.kernel} <= paths  # every counted kernel is real
+  length, emb, mlp = 256, 1024, 2816
+  projections = 4 * 2 * length * emb * emb          # Q, K, V, out (cross K/V: 256 input rows)
+  products = 2 * 2 * length * length * emb          # scores and weighted sum
+  ff = 3 * 2 * length * emb * mlp                   # wi_0, wi_1, wo
+  dense = flops.inference_flops(matmuls)
+  assert dense["attention"] == (6 + 2 * 6) * (projections + products)
+  assert dense["mlp"] == 12 * ff
+  assert dense["head"] == 2 * length * emb * 32_000  # through the shared embedding, not counted
+  for name in WMT_CONFIGS:
+    m = int(name[len("wmt_1_"):-3])
+    sparse = flops.inference_flops(matmuls, load_config(name).sparsity.rules)
+    assert sparse["mlp"] == pytest.approx(dense["mlp"] / m)
+    assert sparse["attention"] == dense["attention"]
+  assert dense["total"] / 1e9 == pytest.approx(96.6368, abs=1e-4)
