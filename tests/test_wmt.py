@@ -291,3 +291,32 @@ def test_flops_of_the_wmt_model_by_hand(wmt_params):
     assert sparse["mlp"] == pytest.approx(dense["mlp"] / m)
     assert sparse["attention"] == dense["attention"]
   assert dense["total"] / 1e9 == pytest.approx(96.6368, abs=1e-4)
+
+
+def test_demo_few_steps_ends_exact_n_m(tmp_path):
+  """The :demo as shipped (model size included), a few steps: dense, MDGF-Exp, then hard 1:128."""
+  import json  # pylint: disable=g-import-not-at-top
+  import pgf  # pylint: disable=g-import-not-at-top
+  from pgf.train import build_recipe, train_and_evaluate  # pylint: disable=g-import-not-at-top
+  config = load_config("wmt_1_128.py", "demo,steps=10,batch=8")
+  config.data.update(num_eval_examples=8, bleu_examples=0)  # BLEU: the mock WMT test above
+  config.update(eval_batch_size=8, log_every=5, checkpoint_every=100, async_checkpointing=False)
+  summary = train_and_evaluate(config, str(tmp_path / "demo"))
+  assert summary["final_step"] == 10
+  with open(tmp_path / "demo" / "metrics.jsonl") as f:
+    train_lines = [line for line in map(json.loads, f) if line["kind"] == "train"]
+  assert train_lines[-1]["phase"] == "finetune"
+  assert train_lines[-1]["sparsity"] == pytest.approx(127 / 128)
+  for key in ("token_accuracy", "bits_per_byte", "unigram_bits_per_byte"):
+    assert np.isfinite(summary[f"deployed_{key}"]), key
+  deployed = pgf.finalize(summary["state"]["params"], build_recipe(config, 10))
+  for layer in ("encoder/layers_0", "decoder/layers_1"):
+    node = deployed
+    for key in layer.split("/"):
+      node = node[key]
+    for name in ("wi_0", "wi_1", "wo"):
+      kernel = np.asarray(node["mlp"][name]["kernel"])
+      groups = (kernel.reshape(-1, 128, kernel.shape[1]) != 0).sum(axis=1)
+      np.testing.assert_array_equal(groups, 1)  # exactly 1 of every 128 inputs, every column
+  attention = np.asarray(deployed["encoder"]["layers_0"]["attention"]["query"]["kernel"])
+  assert np.count_nonzero(attention) == attention.size  # attention stays dense
