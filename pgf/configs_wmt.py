@@ -79,10 +79,10 @@ def wmt_config(ff: str = "1:16", arg: str | None = None) -> ml_collections.Confi
                        bleu_examples=64)
     config.batch_size = 32
     config.eval_batch_size = 128
-    config.total_steps = 500
+    config.total_steps = 400
     config.log_every = 50
     config.eval_every = 0  # only at the end: evaluation with greedy decoding costs CPU minutes
-    config.checkpoint_every = 500
+    config.checkpoint_every = 400
     # The same schedule at the demo's scale: peak 0.02 / sqrt(100) = 2e-3 after 100 steps.
     config.optim.update(lr=0.02, reference_batch=32, warmup_steps=100)
   if arg.batch > 0:
