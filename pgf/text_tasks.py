@@ -60,10 +60,10 @@ def dataset_kind(name: str) -> str:
     return "generation"
   if name in TRANSLATION_DATASETS:
     return "translation"
+  known = (SPAN_CORRUPTION_DATASETS + CLASSIFICATION_DATASETS + GENERATION_DATASETS
+           + TRANSLATION_DATASETS)
   raise ValueError(
-      f"config.data.name={name!r}: a T5 dataset is one of "
-      f"{SPAN_CORRUPTION_DATASETS + CLASSIFICATION_DATASETS + GENERATION_DATASETS}"
-      f"{TRANSLATION_DATASETS} or glue/<task> "
+      f"config.data.name={name!r}: a T5 dataset is one of {known} or glue/<task> "
       f"with <task> in {sorted(GLUE_TASKS)}")
 
 
