@@ -238,8 +238,8 @@ def validate(config, process_count: int = 1, device_count: int = 1,
   from pgf import sharding  # pylint: disable=g-import-not-at-top
   problems.extend(sharding.config_problems(config, device_count))
   need(optim.lr > 0, f"config.optim.lr={optim.lr!r}: must be > 0")
-  need(optim.schedule in ("cosine", "constant"),
-       f"config.optim.schedule={optim.schedule!r}: 'cosine' or 'constant'")
+  need(optim.schedule in ("cosine", "constant", "rsqrt"),
+       f"config.optim.schedule={optim.schedule!r}: 'cosine', 'constant' or 'rsqrt'")
   need(0 <= optim.b1 < 1 and 0 <= optim.b2 < 1,
        f"config.optim.b1/b2=({optim.b1}, {optim.b2}): must be in [0, 1)")
   need(optim.weight_decay >= 0, f"config.optim.weight_decay={optim.weight_decay!r}: >= 0")
@@ -311,7 +311,11 @@ def _t5_problems(config) -> list[str]:
   z_loss = config.get("z_loss", 0.0)
   if not isinstance(z_loss, (int, float)) or z_loss < 0:
     problems.append(f"config.z_loss={z_loss!r}: a float >= 0")
-  return problems
+  # WMT translation (paper Table 5): its messages replace the generic ones for the same field.
+  from pgf.configs_wmt import wmt_problems  # pylint: disable=g-import-not-at-top
+  wmt = wmt_problems(config)
+  fields = {p.split("=")[0] for p in wmt}
+  return [p for p in problems if p.split("=")[0] not in fields] + wmt
 
 
 def load(spec: str) -> ml_collections.ConfigDict:

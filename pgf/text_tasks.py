@@ -6,6 +6,7 @@
   fine-tuning (text-to-text labels)   "glue" (T5's GLUE mixture), "glue/<task>", "shakespeare_genre",
                                       "shakespeare_play" (embedded)
   fine-tuning (generation)            "shakespeare_next_line" (embedded; the CPU-scale T5 grid's task)
+  translation (trained from scratch)  "wmt" (TFDS wmt17_translate/de-en, newstest2014; pgf/data/wmt.py)
 
 The loss is token cross-entropy on the targets (teacher forcing), padding masked, plus t5x's z-loss
 (`config.z_loss` * log(Z)^2 per token, which keeps the softmax normaliser near 1 and bf16 logits
@@ -17,7 +18,10 @@ left out), next to `unigram_bits_per_byte`, the entropy of the byte histogram of
 the baseline any context-blind model is held to. Classification evals also greedy-decode the eval
 split and report `exact_match` (per GLUE task and averaged for the mixture) next to
 `majority_baseline`. Generation is scored like span corruption: `bits_per_byte` of the target text next
-to its `unigram_bits_per_byte`.
+to its `unigram_bits_per_byte`. Translation reports `token_accuracy` (the WMT accuracy of the paper's
+Table 5). With `config.data.bleu_examples` > 0, any dataset also greedy-decodes that many eval
+examples (whole eval batches) and reports sacrebleu's corpus `bleu` of the detokenized outputs
+against the detokenized targets.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ SPAN_CORRUPTION_DATASETS = ("c4", "shakespeare_spans")
 # and "glue/<task>" for each GLUE task
 CLASSIFICATION_DATASETS = ("glue", "shakespeare_genre", "shakespeare_play")
 GENERATION_DATASETS = ("shakespeare_next_line",)
+TRANSLATION_DATASETS = ("wmt",)
 VOCAB_MULTIPLE = 128  # T5 pads its 32100-id vocabulary to 32128 for efficient TPU matmuls
 
 
@@ -53,9 +58,12 @@ def dataset_kind(name: str) -> str:
     return "classification"
   if name in GENERATION_DATASETS:
     return "generation"
+  if name in TRANSLATION_DATASETS:
+    return "translation"
+  known = (SPAN_CORRUPTION_DATASETS + CLASSIFICATION_DATASETS + GENERATION_DATASETS
+           + TRANSLATION_DATASETS)
   raise ValueError(
-      f"config.data.name={name!r}: a T5 dataset is one of "
-      f"{SPAN_CORRUPTION_DATASETS + CLASSIFICATION_DATASETS + GENERATION_DATASETS} or glue/<task> "
+      f"config.data.name={name!r}: a T5 dataset is one of {known} or glue/<task> "
       f"with <task> in {sorted(GLUE_TASKS)}")
 
 
@@ -116,6 +124,14 @@ def build_text_source(config, tokenizer, process_index: int = 0, process_count: 
                                  num_eval_examples=cap, **noise, **common)
   if data.name == "glue":
     return text.GlueMixture(data_dir=data_dir, **common)
+  if data.name == "wmt":
+    from pgf.data import wmt  # pylint: disable=g-import-not-at-top
+    return wmt.WmtTranslation(
+        data_dir=data_dir, train_name=data.get("tfds_name") or wmt.TRAIN_NAME,
+        eval_name=data.get("eval_tfds_name") or wmt.EVAL_NAME,
+        eval_split=data.get("eval_split") or wmt.EVAL_SPLIT,
+        source_language=data.get("source_language", "en"),
+        target_language=data.get("target_language", "de"), num_eval_examples=cap, **common)
   return text.GlueClassification(data.name[len("glue/"):], data_dir=data_dir,
                                  eval_split=data.get("eval_split") or None, **common)
 
@@ -127,6 +143,16 @@ def token_losses(logits, targets, z_loss: float = 0.0):
   log_z = jax.nn.logsumexp(logits, axis=-1)
   target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   return log_z - target_logit + z_loss * jnp.square(log_z)
+
+
+def token_accuracy_sums(logits, targets, weights):
+  """(correct, tokens): weighted count of target tokens whose argmax is right, and their weight.
+
+  The token accuracy of WMT (paper Table 5) and t5x: teacher-forced, over every real target token
+  (EOS included, padding and padded eval rows excluded), pooled over the batch (not per sequence).
+  """
+  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  return jnp.sum(correct * weights), jnp.sum(weights)
 
 
 def target_weights(batch):
@@ -181,7 +207,8 @@ def seq2seq_task(config, process_index: int = 0, process_count: int = 1) -> Task
   tokenizer = build_tokenizer(config.data)
   source = build_text_source(config, tokenizer, process_index, process_count)
   model = t5_model(config, model_vocab_size(config, tokenizer))
-  if kind != "span_corruption" and not config.get("init_from"):
+  if (kind != "span_corruption" and not config.get("init_from")
+      and not config.get("train_from_scratch")):
     log.warning("config.init_from is empty: fine-tuning %s from a random init (the paper's "
                 "protocol starts from a dense span-corruption pre-training workdir).",
                 config.data.name)
@@ -203,8 +230,8 @@ def seq2seq_task(config, process_index: int = 0, process_count: int = 1) -> Task
     weights = target_weights(batch)
     tokens = jnp.maximum(jnp.sum(weights), 1.0)
     loss = jnp.sum(token_losses(logits, batch["targets"], z_loss) * weights) / tokens
-    correct = (jnp.argmax(logits, -1) == batch["targets"]).astype(jnp.float32)
-    return loss, {"accuracy": jnp.sum(correct * weights) / tokens}  # token accuracy
+    correct, _ = token_accuracy_sums(logits, batch["targets"], weights)
+    return loss, {"accuracy": correct / tokens}  # token accuracy
 
   def eval_fn(params, batch):
     logits = logits_of(params, batch)
@@ -214,18 +241,74 @@ def seq2seq_task(config, process_index: int = 0, process_count: int = 1) -> Task
     valid = batch["valid"].astype(jnp.float32)
     all_correct = jnp.all((correct > 0) | (weights == 0), axis=-1).astype(jnp.float32)
     text = _text_token_weights(targets, weights, tokenizer.first_sentinel_id, tokenizer.eos_id)
+    correct_tokens, tokens = token_accuracy_sums(logits, targets, weights)
     return {"loss_per_token": jnp.sum(losses * weights),
-            "token_accuracy": jnp.sum(correct * weights), "tokens": jnp.sum(weights),
+            "token_accuracy": correct_tokens, "tokens": tokens,
             "sequence_accuracy": jnp.sum(all_correct * valid), "count": jnp.sum(valid),
             f"bits_per_{text_unit}": jnp.sum(losses * text) / math.log(2),
             f"{text_unit}s": jnp.sum(text)}
 
+  extra_evals = []
   if kind in ("span_corruption", "generation"):
-    extra_eval = _unigram_eval(source, tokenizer, text_unit)
-  else:
-    extra_eval = _decoding_eval(model, source, tokenizer)
+    extra_evals.append(_unigram_eval(source, tokenizer, text_unit))
+  elif kind == "classification":
+    extra_evals.append(_decoding_eval(model, source, tokenizer))
+  if config.data.get("bleu_examples", 0):
+    extra_evals.append(_bleu_eval(model, source, tokenizer, config.data.bleu_examples))
+  extra_eval = _merged(extra_evals)
   return Task("seq2seq", model, source, source, example, "inputs", loss_fn, eval_fn, init_fn,
               extra_eval)
+
+
+def _merged(extra_evals):
+  if not extra_evals:
+    return None
+  return lambda params: {k: v for fn in extra_evals for k, v in fn(params).items()}
+
+
+def corpus_bleu(hypotheses, references) -> float:
+  """sacrebleu's corpus BLEU (0-100; default 13a tokenization, as WMT reports) of detokenized text."""
+  try:
+    import sacrebleu  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError("BLEU needs the sacrebleu package: `pip install sacrebleu`, or set "
+                      "config.data.bleu_examples=0") from e
+  return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+
+
+def _allgather_rows(rows: np.ndarray) -> np.ndarray:
+  """Every process's rows (same shape on each), concatenated in process order."""
+  if jax.process_count() == 1:
+    return rows
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  gathered = np.asarray(multihost_utils.process_allgather(rows))
+  return gathered.reshape((-1,) + rows.shape[1:])
+
+
+def _bleu_eval(model, source, tokenizer, num_examples: int):
+  """extra_eval: greedy-decode the first eval batches (>= num_examples rows) and score BLEU.
+
+  Every process decodes its own rows; the token ids are gathered so that every process scores the
+  same corpus (BLEU is not a mean of per-process scores).
+  """
+  from pgf.models import t5  # pylint: disable=g-import-not-at-top
+  decode = jax.jit(functools.partial(t5.greedy_decode, model, max_len=source.target_length,
+                                     eos_id=tokenizer.eos_id))
+  num_batches = -(-num_examples // source.eval_global_batch_size)
+
+  def extra_eval(params) -> dict[str, float]:
+    outputs, targets, valid = [], [], []
+    for _, batch in zip(range(num_batches), source.eval_batches()):
+      outputs.append(np.asarray(decode(params, batch["inputs"])))
+      targets.append(batch["targets"])
+      valid.append(batch["valid"])
+    outputs, targets, valid = (_allgather_rows(np.concatenate(x))
+                               for x in (outputs, targets, valid))
+    hypotheses = [tokenizer.decode(row, render_sentinels=False) for row in outputs[valid]]
+    references = [tokenizer.decode(row, render_sentinels=False) for row in targets[valid]]
+    return {"bleu": corpus_bleu(hypotheses, references)}
+
+  return extra_eval
 
 
 def _unigram_eval(source, tokenizer, text_unit: str):

@@ -66,8 +66,29 @@ def learning_rate(config) -> float:
   return config.optim.lr * config.batch_size / reference
 
 
+def rsqrt_schedule(constant: float, warmup_steps: int) -> optax.Schedule:
+  """Mesh-TF / T5X "constant * linear_warmup * rsqrt_decay": the WMT recipe's schedule.
+
+    lr(step) = constant * min(1, step / warmup_steps) / sqrt(max(step, warmup_steps))
+
+  `constant` is the printed learning rate (the paper's WMT 0.0625), not the peak: the peak is
+  constant / sqrt(warmup_steps), reached at the end of the warm-up (0.0625 / sqrt(1000) = 1.98e-3),
+  then the rate decays as 1 / sqrt(step).
+  """
+  warmup = max(int(warmup_steps), 1)
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    return constant * jnp.minimum(1.0, step / warmup) / jnp.sqrt(jnp.maximum(step, warmup))
+
+  return schedule
+
+
 def build_optimizer(config, recipe: pgf.Recipe, total_steps: int, warmup_steps: int):
   peak = learning_rate(config)
+  if config.optim.schedule == "rsqrt":
+    # Not clamped to the run's length: warmup_steps also sets the scale (peak = lr / sqrt(warmup)).
+    schedule = rsqrt_schedule(peak, warmup_steps)
   # Short runs (tests, smoke runs) keep at least one step of the main schedule.
   warmup_steps = max(min(warmup_steps, total_steps - 1), 0)
   if config.optim.schedule == "cosine":
@@ -77,8 +98,9 @@ def build_optimizer(config, recipe: pgf.Recipe, total_steps: int, warmup_steps: 
     schedule = optax.join_schedules(
         [optax.linear_schedule(0.0, peak, max(warmup_steps, 1)), optax.constant_schedule(peak)],
         [warmup_steps])
-  else:
-    raise ValueError(f"config.optim.schedule={config.optim.schedule!r}: 'cosine' or 'constant'")
+  elif config.optim.schedule != "rsqrt":
+    raise ValueError(f"config.optim.schedule={config.optim.schedule!r}: 'cosine', 'constant' "
+                     "or 'rsqrt'")
   # Weight decay on matrices only (not biases, norms, position embeddings' 1-d leaves).
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
   parts = []

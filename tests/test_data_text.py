@@ -1,6 +1,6 @@
 """Tests of the text data: tokenizers, span corruption, embedded Shakespeare, TFDS C4/GLUE (mocked)."""
 
-import importlib.util
+import sys
 
 import numpy as np
 import pytest
@@ -37,8 +37,8 @@ def test_byte_tokenizer_special_ids():
   assert ByteTokenizer(num_extra_ids=0).vocab_size == 259
 
 
-@pytest.mark.skipif(importlib.util.find_spec("sentencepiece") is not None, reason="sentencepiece installed")
-def test_sentencepiece_missing_gives_install_hint():
+def test_sentencepiece_missing_gives_install_hint(monkeypatch):
+  monkeypatch.setitem(sys.modules, "sentencepiece", None)  # as if not installed
   with pytest.raises(ImportError, match="pip install sentencepiece"):
     SentencePieceTokenizer("spm.model")
 

@@ -2,6 +2,7 @@ r"""FLOPs of N:M-sparse transformers and CNNs: inference per example, and traini
 
     python -m pgf.analysis.flops --config=configs/vit_1_16.py
     python -m pgf.analysis.flops --config=configs/vit_1_16.py:demo --class_token
+    python -m pgf.analysis.flops --config=configs/wmt_1_16.py   # T5-block WMT model, 256 + 256
 
 Counting convention (it reproduces the paper's Appendix D; see tests/test_flops.py):
 
@@ -310,9 +311,10 @@ def _t5_from_config(config, input_length: int | None, target_length: int | None)
   from pgf.models import t5 as t5_lib  # pylint: disable=g-import-not-at-top
   model, data = config.model, config.data
   sizes = {k: model.get(k) for k in t5_lib.VARIANTS["base"] if model.get(k) is not None}
-  tokenizer = text_tasks.build_tokenizer(data)
+  # A config that fixes model.vocab_size (WMT's 32k) is counted without its vocabulary file.
+  tokenizer = None if model.get("vocab_size") else text_tasks.build_tokenizer(data)
   c = t5_lib.get_config(model.get("variant", "base"),
-                        text_tasks.model_vocab_size(config, tokenizer),
+                        model.get("vocab_size") or text_tasks.model_vocab_size(config, tokenizer),
                         logits_via_embedding=model.get("logits_via_embedding", False), **sizes)
   input_length = input_length or data.get("input_length")
   if not input_length:
@@ -322,7 +324,7 @@ def _t5_from_config(config, input_length: int | None, target_length: int | None)
     if text_tasks.dataset_kind(data.name) == "span_corruption":
       target_length = span_corruption.random_spans_helper(input_length)[1]
     else:
-      target_length = _label_length(config, tokenizer)
+      target_length = _label_length(config, tokenizer or text_tasks.build_tokenizer(data))
   return t5_matmuls(c, int(input_length), int(target_length))
 
 

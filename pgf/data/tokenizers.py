@@ -1,8 +1,9 @@
 """Tokenizers with T5's id conventions: 0 pad, 1 eos, 2 unk, sentinels at the top of the vocabulary.
 
 `ByteTokenizer` (ByT5-style) needs no vocabulary file, so every demo and test runs offline; the
-`SentencePieceTokenizer` wraps a user-supplied T5 SentencePiece model for real C4/GLUE runs. Both expose
-the same small interface, which is all `span_corruption` and the text sources use:
+`SentencePieceTokenizer` wraps a SentencePiece model with those ids -- T5's own 32k vocabulary for
+C4/GLUE, or one trained with `train_sentencepiece` (e.g. the 32k WMT de-en vocabulary of
+pgf/data/wmt.py). Both expose the same small interface, which is all `span_corruption` and the text sources use:
 
     vocab_size, pad_id, eos_id, unk_id, num_extra_ids, sentinel_id(i), is_sentinel(ids),
     encode(text) -> int32 array (no EOS), decode(ids) -> str (stops at the first EOS)
@@ -13,7 +14,9 @@ targets read `<extra_id_0> ... <extra_id_1> ...` whatever the tokenizer.
 
 from __future__ import annotations
 
-from typing import Sequence
+import io
+import os
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -88,12 +91,7 @@ class SentencePieceTokenizer(_Sentinels):
   """
 
   def __init__(self, model_file: str, num_extra_ids: int = 100):
-    try:
-      import sentencepiece  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-      raise ImportError(
-          "SentencePieceTokenizer needs the sentencepiece package: `pip install sentencepiece`. "
-          "Without it, use ByteTokenizer (no vocabulary file needed).") from e
+    sentencepiece = _import_sentencepiece("SentencePieceTokenizer")
     self.model_file = model_file
     self._sp = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
     self.num_extra_ids = num_extra_ids
@@ -119,6 +117,48 @@ class SentencePieceTokenizer(_Sentinels):
         run.append(token)
     pieces.append(self._sp.decode(run))
     return "".join(pieces)
+
+
+def train_sentencepiece(sentences: Iterable[str], model_file: str, vocab_size: int = 32000,
+                        model_type: str = "unigram", character_coverage: float = 1.0,
+                        max_sentences: int = 10_000_000, seed_sentencepiece_size: int = 1_000_000,
+                        num_threads: int = 1) -> str:
+  """Trains a SentencePiece model with T5's ids (pad 0, eos 1, unk 2, no bos); returns `model_file`.
+
+  `sentences` is any iterable of strings (e.g. the source and target sides of a translation corpus,
+  interleaved, for a shared vocabulary). SentencePiece samples at most `max_sentences` of them.
+  The model is written atomically (a temporary file, then a rename), so a half-written vocabulary
+  never shadows a good one. With `num_threads=1` the same sentences give the same model.
+  """
+  sentencepiece = _import_sentencepiece("train_sentencepiece")
+  if vocab_size <= 3:
+    raise ValueError(f"vocab_size={vocab_size}: must exceed the 3 special ids (pad, eos, unk)")
+  proto = io.BytesIO()
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter(sentences), model_writer=proto, vocab_size=vocab_size,
+      model_type=model_type, character_coverage=character_coverage,
+      pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
+      input_sentence_size=max_sentences, shuffle_input_sentence=True,
+      seed_sentencepiece_size=seed_sentencepiece_size, num_threads=num_threads, minloglevel=2)
+  model_file = os.fspath(model_file)
+  directory = os.path.dirname(model_file)
+  if directory:
+    os.makedirs(directory, exist_ok=True)
+  partial = f"{model_file}.tmp{os.getpid()}"
+  with open(partial, "wb") as f:
+    f.write(proto.getvalue())
+  os.replace(partial, model_file)
+  return model_file
+
+
+def _import_sentencepiece(what: str):
+  try:
+    import sentencepiece  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(
+        f"{what} needs the sentencepiece package: `pip install sentencepiece`. "
+        "Without it, use ByteTokenizer (no vocabulary file needed).") from e
+  return sentencepiece
 
 
 def _until_eos(ids) -> np.ndarray:
