@@ -55,15 +55,8 @@ def parse_mesh(text: str) -> dict:
   return out
 
 
-def synthetic_vit(config, image_size: int, batch: int, num_classes: int = 1000):
-  """(init_fn, loss_fn, batch) for the config's ViT on random images and labels."""
-  from pgf.models import vit as vit_lib  # pylint: disable=g-import-not-at-top
-  variant = vit_lib.decode_variant(config.model.variant)
-  model = vit_lib.ViT(
-      num_classes=num_classes, pool_type=config.model.pool_type, dropout=config.model.dropout,
-      attention_dropout=config.model.get("attention_dropout", 0.0),
-      drop_path=config.model.drop_path, dtype=jnp.dtype(config.model.get("dtype", "float32")),
-      **{k: config.model.get(k, v) for k, v in variant.items()})
+def synthetic_classifier(model, image_size: int, batch: int, num_classes: int):
+  """(init_fn, loss_fn, batch) for a stateless image classifier on random images and labels."""
   rng = np.random.default_rng(0)
   data = {"image": rng.normal(size=(batch, image_size, image_size, 3)).astype(np.float32),
           "label": rng.integers(0, num_classes, size=(batch,)).astype(np.int32)}
@@ -79,27 +72,18 @@ def synthetic_vit(config, image_size: int, batch: int, num_classes: int = 1000):
     return loss, {}
 
   return init_fn, loss_fn, data
+
+
+def synthetic_vit(config, image_size: int, batch: int, num_classes: int = 1000):
+  """(init_fn, loss_fn, batch) for the config's ViT (`model.variant` as given) on random data."""
+  from pgf.tasks import vit_model  # pylint: disable=g-import-not-at-top
+  return synthetic_classifier(vit_model(config, num_classes), image_size, batch, num_classes)
 
 
 def synthetic_swin(config, image_size: int, batch: int, num_classes: int = 1000):
   """(init_fn, loss_fn, batch) for the config's SwinV2 on random images and labels."""
   from pgf.tasks import swin_model  # pylint: disable=g-import-not-at-top
-  model = swin_model(config, num_classes)
-  rng = np.random.default_rng(0)
-  data = {"image": rng.normal(size=(batch, image_size, image_size, 3)).astype(np.float32),
-          "label": rng.integers(0, num_classes, size=(batch,)).astype(np.int32)}
-
-  def init_fn(key):
-    return model.init({"params": key}, data["image"][:1], train=False)["params"]
-
-  def loss_fn(params, batch, key, train):
-    logits = model.apply({"params": params}, batch["image"], train=train,
-                         rngs={"dropout": key})
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
-                                                           batch["label"]).mean()
-    return loss, {}
-
-  return init_fn, loss_fn, data
+  return synthetic_classifier(swin_model(config, num_classes), image_size, batch, num_classes)
 
 
 def synthetic_resnet(config, image_size: int, batch: int, num_classes: int = 10):

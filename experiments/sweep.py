@@ -3,6 +3,7 @@
   python experiments/sweep.py --grid=vit_digits --out=experiments/results/vit_digits
   python experiments/sweep.py --grid=t5_shakespeare --out=experiments/results/t5_shakespeare
   python experiments/sweep.py --grid=swin_digits --out=experiments/results/swin_digits
+  python experiments/sweep.py --grid=resnet_digits --out=experiments/results/resnet_digits
   python experiments/sweep.py --grid=vit_digits --out=/tmp/s --seeds=0 --methods=sr_ste,mdgf_exp \
       --patterns=1:16 --steps=100                                    # a quick look
 
@@ -75,10 +76,11 @@ def sdgf_k_for(pattern: str, contracting: int) -> int:
   return k
 
 
-def vit_digits(methods, patterns, seeds, steps) -> Grid:
-  """The ViT demo model (4 blocks, width 64, MLP 256) on digits; FF layers at each pattern."""
-  from pgf import config_lib  # pylint: disable=g-import-not-at-top
-  steps = steps or 600
+def _image_cells(config_path: str, rule, width: int, methods, patterns, seeds,
+                 steps: int) -> Grid:
+  """Cells of an image-classification demo on digits, `rule(pattern)` its one sparsity rule at
+  each pattern: sdgf_k fitted to the narrowest contracting `width`, 20 log / noise points, no
+  intermediate evaluation."""
   cells = []
   for seed in seeds:
     for pattern in patterns:
@@ -87,12 +89,18 @@ def vit_digits(methods, patterns, seeds, steps) -> Grid:
             "seed": seed, "total_steps": steps, "log_every": max(steps // 20, 1),
             "eval_every": 0, "checkpoint_every": max(steps // 2, 1), "keep_checkpoints": 1,
             "optim.warmup_steps": max(steps // 20, 1), "sparsity.method": method,
-            "sparsity.rules": ((config_lib.VIT_FF, pattern),),
-            "sparsity.sdgf_k": sdgf_k_for(pattern, 64), "noise_every": max(steps // 20, 1)}
-        cells.append(Cell(f"{method}_{pattern.replace(':', 'of')}_s{seed}",
-                          "configs/vit_1_16.py:demo", tuple(overrides.items()), method,
-                          pattern, seed))
+            "sparsity.rules": (rule(pattern),),
+            "sparsity.sdgf_k": sdgf_k_for(pattern, width), "noise_every": max(steps // 20, 1)}
+        cells.append(Cell(f"{method}_{pattern.replace(':', 'of')}_s{seed}", config_path,
+                          tuple(overrides.items()), method, pattern, seed))
   return Grid(tuple(cells), "deployed_accuracy", "deployed test accuracy (digits)")
+
+
+def vit_digits(methods, patterns, seeds, steps) -> Grid:
+  """The ViT demo model (4 blocks, width 64, MLP 256) on digits; FF layers at each pattern."""
+  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  return _image_cells("configs/vit_1_16.py:demo", lambda nm: (config_lib.VIT_FF, nm), 64,
+                      methods, patterns, seeds, steps or 600)
 
 
 # Table 3's methods (and dense) and FF patterns.
@@ -104,22 +112,22 @@ def swin_digits(methods, patterns, seeds, steps) -> Grid:
   """The SwinV2 demo model (3 stages of 2 blocks, embed 32, window 4, patch 2 on 16x16 digits);
   FF layers at each pattern (paper Table 3's rows, at CPU scale)."""
   from pgf import config_swin  # pylint: disable=g-import-not-at-top
-  steps = steps or 600
-  cells = []
-  for seed in seeds:
-    for pattern in patterns:
-      for method in methods:
-        overrides = {
-            "seed": seed, "total_steps": steps, "log_every": max(steps // 20, 1),
-            "eval_every": 0, "checkpoint_every": max(steps // 2, 1), "keep_checkpoints": 1,
-            "optim.warmup_steps": max(steps // 20, 1), "sparsity.method": method,
-            "sparsity.rules": ((config_swin.SWIN_FF, pattern),),
-            "sparsity.sdgf_k": sdgf_k_for(pattern, config_swin.DEMO_SIZES["embed_dim"]),
-            "noise_every": max(steps // 20, 1)}
-        cells.append(Cell(f"{method}_{pattern.replace(':', 'of')}_s{seed}",
-                          "configs/swin_1_16.py:demo", tuple(overrides.items()), method,
-                          pattern, seed))
-  return Grid(tuple(cells), "deployed_accuracy", "deployed test accuracy (digits)")
+  return _image_cells("configs/swin_1_16.py:demo", lambda nm: (config_swin.SWIN_FF, nm),
+                      config_swin.DEMO_SIZES["embed_dim"], methods, patterns, seeds, steps or 600)
+
+
+# Table 6's methods (and dense) and conv patterns.
+RESNET_METHODS = ("dense", "sr_ste", "mdgf_exp")
+RESNET_PATTERNS = ("2:8", "1:8")
+
+
+def resnet_digits(methods, patterns, seeds, steps) -> Grid:
+  """The ResNet demo model (4 bottleneck stages of one block, width 16, CIFAR stem, 16x16
+  digits); every bottleneck conv at each pattern, grouped along input channels (paper Table 6's
+  rows, at CPU scale)."""
+  from pgf import config_resnet  # pylint: disable=g-import-not-at-top
+  return _image_cells("configs/resnet50_1_8.py:demo", lambda nm: config_resnet.resnet_rules(nm)[0],
+                      16, methods, patterns, seeds, steps or 600)
 
 
 # The T5 grid's model: the demo's T5 v1.1 shape, narrowed so 3 pre-trainings and 84 fine-tunes fit in an
@@ -257,12 +265,14 @@ def t5_shakespeare_noise(methods, patterns, seeds, steps) -> Grid:
 
 GRIDS = {"vit_digits": vit_digits, "t5_shakespeare": t5_shakespeare,
          "t5_shakespeare_qkv": t5_shakespeare_qkv, "vit_digits_noise": vit_digits_noise,
-         "t5_shakespeare_noise": t5_shakespeare_noise, "swin_digits": swin_digits}
+         "t5_shakespeare_noise": t5_shakespeare_noise, "swin_digits": swin_digits,
+         "resnet_digits": resnet_digits}
 # (methods, patterns, seeds) a grid runs when the command line does not say.
 GRID_DEFAULTS = {"t5_shakespeare_qkv": (METHODS, ("1:8", "1:4"), SEEDS),
                  "vit_digits_noise": (NOISE_METHODS, ("1:16",), (0,)),
                  "t5_shakespeare_noise": (NOISE_METHODS, ("1:16",), (0,)),
-                 "swin_digits": (SWIN_METHODS, SWIN_PATTERNS, SEEDS)}
+                 "swin_digits": (SWIN_METHODS, SWIN_PATTERNS, SEEDS),
+                 "resnet_digits": (RESNET_METHODS, RESNET_PATTERNS, SEEDS)}
 
 
 # ----------------------------------------------------------------------------- running

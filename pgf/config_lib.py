@@ -312,7 +312,7 @@ def _t5_problems(config) -> list[str]:
   if not isinstance(z_loss, (int, float)) or z_loss < 0:
     problems.append(f"config.z_loss={z_loss!r}: a float >= 0")
   # WMT translation (paper Table 5): its messages replace the generic ones for the same field.
-  from pgf.configs_wmt import wmt_problems  # pylint: disable=g-import-not-at-top
+  from pgf.config_wmt import wmt_problems  # pylint: disable=g-import-not-at-top
   wmt = wmt_problems(config)
   fields = {p.split("=")[0] for p in wmt}
   return [p for p in problems if p.split("=")[0] not in fields] + wmt

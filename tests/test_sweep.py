@@ -74,6 +74,11 @@ def test_full_grids_are_the_issue_grids_and_every_cell_passes_preflight(name):
     config = cell_config(sparse[0])
     assert config.model.name == "swin" and config.data.name == "digits"
     assert set(methods) == {"dense", "sr_ste", "mdgf_exp", "sdgf_stepwise", "sdgf_geometric"}
+  if name == "resnet_digits":  # Table 6's methods and conv patterns on the ResNet demo model
+    config = cell_config(sparse[0])
+    assert config.model.name == "resnet" and config.data.name == "digits"
+    assert config.sparsity.rules[0][2] == 2  # grouped along the input channels
+    assert set(patterns) == {"2:8", "1:8"} and set(methods) == {"dense", "sr_ste", "mdgf_exp"}
 
 
 def test_bad_grid_arguments_are_named(capsys, monkeypatch):
