@@ -34,6 +34,7 @@ from pgf.config_lib import build_recipe  # noqa: F401  (re-exported: tests and t
 from pgf import sharding as sharding_lib
 from pgf.checkpointing import Checkpointer
 from pgf.metric_writer import MetricWriter
+from pgf.data import mixup as mixup_lib
 from pgf.tasks import Task, build_task, num_train_examples
 
 log = logging.getLogger(__name__)
@@ -369,7 +370,9 @@ def _compile_steps(task: Task, recipe: pgf.Recipe, tx, lr_schedule, mesh, state_
         return model_loss(effective, batch, step_rng, state["model_state"])
       return model_loss(effective, batch, step_rng)
 
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    # Mixing partners from the same device's part of the batch: no image crosses devices.
+    with mixup_lib.partner_shards(sharding_lib.batch_shard_count(mesh)):
+      (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     metrics, model_state = aux if stateful else (aux, None)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
