@@ -218,6 +218,12 @@ def validate(config, process_count: int = 1, device_count: int = 1,
   else:
     need(batch % process_count == 0,
          f"config.batch_size={batch} is not divisible by the {process_count} processes")
+  micro = config.get("micro_batches", 1)
+  if not isinstance(micro, int) or isinstance(micro, bool) or micro < 1:
+    problems.append(f"config.micro_batches={micro!r}: must be an int >= 1 (gradient "
+                    "accumulation over that many micro-batches of config.batch_size)")
+  elif isinstance(batch, int) and batch > 0 and batch % micro:
+    problems.append(f"config.micro_batches={micro} does not divide config.batch_size={batch}")
   steps = config.get("total_steps", -1)
   epochs = config.get("total_epochs", 0.0)
   need((isinstance(steps, int) and steps > 0) or (not steps or steps < 0) and epochs > 0,

@@ -388,6 +388,11 @@ def config_problems(config, device_count: int) -> list[str]:
       problems.append(f"config.batch_size={batch} is not divisible by the {shards} "
                       f"data-parallel devices (config.mesh data x fsdp = "
                       f"{sizes['data']} x {sizes['fsdp']})")
+    micro = config.get("micro_batches", 1)
+    if isinstance(micro, int) and micro > 1 and not batch % shards and (batch // shards) % micro:
+      problems.append(f"config.micro_batches={micro}: each of the {shards} data-parallel "
+                      f"devices holds {batch // shards} examples of config.batch_size={batch}, "
+                      f"not divisible into {micro} micro-batches")
   return problems
 
 

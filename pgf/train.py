@@ -216,7 +216,7 @@ def _train_and_evaluate(config, workdir: str, stop: dict[str, Any]) -> dict[str,
     writer.truncate_after(resumed_from)
   start_step = int(state["step"])
   fns = _compile_steps(task, recipe, tx, lr_schedule, mesh, state_shardings, noise_every,
-                       jax.random.fold_in(rng, 1))
+                       jax.random.fold_in(rng, 1), config.get("micro_batches", 1))
   evaluate = functools.partial(_evaluate, task, fns, mesh)
 
   pending: list[tuple[int, dict]] = []
@@ -300,10 +300,8 @@ def _train_and_evaluate(config, workdir: str, stop: dict[str, Any]) -> dict[str,
 
 
 # ----------------------------------------------------------------------------- the parts
-def _build_state(config, task: Task, recipe: pgf.Recipe, tx, mesh, rng, checkpointer,
-                 noise_every: int, is_main: bool):
-  """(state, resumed_from, state_shardings): the newest checkpoint, else init_from's params,
-  else a fresh init, laid out for this mesh."""
+def _init_state_fn(task: Task, recipe: pgf.Recipe, tx, noise_every: int):
+  """rng -> the train state of a fresh run (step, params, opt_state, ...)."""
   def init_state(rng):
     params = task.init_fn(rng)
     state = {"step": jnp.zeros([], jnp.int32), "params": params, "opt_state": tx.init(params)}
@@ -315,6 +313,14 @@ def _build_state(config, task: Task, recipe: pgf.Recipe, tx, mesh, rng, checkpoi
       state["noise_masks"] = pgf.current_masks(params, recipe, 0)
     return state
 
+  return init_state
+
+
+def _build_state(config, task: Task, recipe: pgf.Recipe, tx, mesh, rng, checkpointer,
+                 noise_every: int, is_main: bool):
+  """(state, resumed_from, state_shardings): the newest checkpoint, else init_from's params,
+  else a fresh init, laid out for this mesh."""
+  init_state = _init_state_fn(task, recipe, tx, noise_every)
   abstract_state = jax.eval_shape(init_state, rng)
   # The restore target carries this mesh's shardings, so a checkpoint written on any mesh (8
   # devices, 1 device, another slice) comes back laid out for this one.
@@ -349,8 +355,22 @@ class StepFns(NamedTuple):
   eval_rows: int        # eval batches are padded to a multiple of this
 
 
+def _micro_batches(batch, k: int, mesh):
+  """(k, B / k, ...) per leaf: micro-batch j holds rows j, j + k, j + 2k, ... so that every
+  device keeps its own rows (each micro-batch is split over the devices like the batch)."""
+  def split(x):
+    shape = (x.shape[0] // k, k) + x.shape[1:]
+    if sharding_lib.is_explicit(mesh):
+      spec = jax.sharding.PartitionSpec(sharding_lib.BATCH_AXES)
+      x = jnp.reshape(x, shape, out_sharding=spec)
+    else:
+      x = x.reshape(shape)
+    return jnp.swapaxes(x, 0, 1)
+  return jax.tree.map(split, batch)
+
+
 def _compile_steps(task: Task, recipe: pgf.Recipe, tx, lr_schedule, mesh, state_shardings,
-                   noise_every: int, train_rng) -> StepFns:
+                   noise_every: int, train_rng, micro_batches: int = 1) -> StepFns:
   stateful = task.init_model_state is not None
   if stateful:  # loss_fn returns (loss, (metrics, new model state))
     model_loss = sharding_lib.auto_model(
@@ -360,20 +380,53 @@ def _compile_steps(task: Task, recipe: pgf.Recipe, tx, lr_schedule, mesh, state_
   if noise_every:
     from pgf.analysis import noise as noise_lib  # pylint: disable=g-import-not-at-top
 
-  def train_step(state, batch):
+  def loss_and_grads(state, batch, rng, model_state):
     step = state["step"]
-    step_rng = jax.random.fold_in(train_rng, step)
 
     def loss_fn(params):
       effective = pgf.sparsify(params, recipe, step, masks=_masks(state["opt_state"], recipe))
       if stateful:
-        return model_loss(effective, batch, step_rng, state["model_state"])
-      return model_loss(effective, batch, step_rng)
+        return model_loss(effective, batch, rng, model_state)
+      return model_loss(effective, batch, rng)
 
     # Mixing partners from the same device's part of the batch: no image crosses devices.
     with mixup_lib.partner_shards(sharding_lib.batch_shard_count(mesh)):
       (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     metrics, model_state = aux if stateful else (aux, None)
+    return loss, metrics, model_state, grads
+
+  def train_step(state, batch):
+    step = state["step"]
+    step_rng = jax.random.fold_in(train_rng, step)
+    if micro_batches == 1:
+      loss, metrics, model_state, grads = loss_and_grads(state, batch, step_rng,
+                                                         state.get("model_state"))
+    else:
+      # Gradient accumulation: the mean over k micro-batches of their mean-loss gradients is
+      # the full batch's gradient (equal-size micro-batches), then ONE optimizer update, so
+      # the step count, the schedules and pgf.step_from_state are those of the full batch.
+      def body(carry, xs):
+        grads_sum, loss_sum, metrics_sum, model_state = carry
+        micro, j = xs
+        loss, metrics, model_state, grads = loss_and_grads(
+            state, micro, jax.random.fold_in(step_rng, j), model_state)
+        add = lambda a, b: jax.tree.map(jnp.add, a, b)
+        return (add(grads_sum, grads), loss_sum + loss, add(metrics_sum, metrics),
+                model_state), None
+
+      micro = _micro_batches(batch, micro_batches, mesh)
+      first = jax.tree.map(lambda x: x[0], micro)
+      metric_shapes = jax.eval_shape(lambda: loss_and_grads(state, first, step_rng,
+                                                            state.get("model_state"))[1])
+      # Accumulators laid out like the params (zeros_like keeps their sharding).
+      init = (jax.tree.map(jnp.zeros_like, state["params"]), jnp.zeros((), jnp.float32),
+              jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), metric_shapes),
+              state.get("model_state"))
+      (grads, loss, metrics, model_state), _ = jax.lax.scan(
+          body, init, (micro, jnp.arange(micro_batches)))
+      scale = 1.0 / micro_batches
+      grads = jax.tree.map(lambda g: g * scale, grads)
+      loss, metrics = loss * scale, jax.tree.map(lambda m: m * scale, metrics)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     grad_norm = optax.tree.norm(grads)
