@@ -218,6 +218,9 @@ def validate(config, process_count: int = 1, device_count: int = 1,
   else:
     need(batch % process_count == 0,
          f"config.batch_size={batch} is not divisible by the {process_count} processes")
+  remat = config.model.get("remat", "none")
+  need(remat in ("none", "dots", "block"),
+       f"config.model.remat={remat!r}: 'none', 'dots' or 'block' (rematerialised blocks)")
   micro = config.get("micro_batches", 1)
   if not isinstance(micro, int) or isinstance(micro, bool) or micro < 1:
     problems.append(f"config.micro_batches={micro!r}: must be an int >= 1 (gradient "

@@ -29,6 +29,7 @@ def vit_model(config, num_classes: int):
       attention_dropout=config.model.get("attention_dropout", 0.0),
       drop_path=config.model.drop_path,
       dtype=jnp.dtype(config.model.get("dtype", "float32")),
+      remat=config.model.get("remat", "none"),
       **{k: config.model.get(k, v) for k, v in variant.items()})
 
 
@@ -40,7 +41,7 @@ def swin_model(config, num_classes: int):
       num_classes=num_classes, dropout=config.model.dropout,
       attention_dropout=config.model.get("attention_dropout", 0.0),
       drop_path=config.model.drop_path, dtype=jnp.dtype(config.model.get("dtype", "float32")),
-      **config_swin.model_kwargs(config.model))
+      remat=config.model.get("remat", "none"), **config_swin.model_kwargs(config.model))
 
 
 def resnet_model(config, num_classes: int):
