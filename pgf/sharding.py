@@ -344,6 +344,11 @@ def jit(fn: Callable, mesh: jax.sharding.Mesh, **jit_kwargs) -> Callable:
     with jax.set_mesh(mesh):
       return jitted(*args, **kwargs)
 
+  def lower(*args, **kwargs):  # ahead-of-time compilation (pgf.aot) under the same mesh
+    with jax.set_mesh(mesh):
+      return jitted.lower(*args, **kwargs)
+
+  run.lower = lower
   return run
 
 

@@ -129,7 +129,8 @@ def _path(key_path) -> str:
   return leaf_path(key_path)
 
 
-def preflight(config, process_index: int = 0, process_count: int = 1):
+def preflight(config, process_index: int = 0, process_count: int = 1,
+              device_count: int | None = None):
   """(task, recipe, total_steps), or one ValueError listing every problem, before compiling.
 
   Config fields, the dataset (missing or unprepared) and the fit of the sparsity rules to the
@@ -137,7 +138,8 @@ def preflight(config, process_index: int = 0, process_count: int = 1):
   grouped axis) are all checked, so a user fixes everything in one go.
   """
   problems = config_lib.validate(config, process_count=process_count,
-                                 device_count=jax.device_count(), raise_errors=False)
+                                 device_count=device_count or jax.device_count(),
+                                 raise_errors=False)
   task = recipe = total_steps = None
   if not any(p.startswith(("config.data", "config.model", "config.batch_size"))
              for p in problems):

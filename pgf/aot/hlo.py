@@ -38,11 +38,18 @@ def collectives(hlo_text: str) -> list[dict]:
     arrays = _arrays(m.group(1))
     if not arrays:
       continue
-    if m.group(3) and m.group(2) in ("collective-permute", "all-gather", "all-reduce") \
-        and len(arrays) > 1:
-      arrays = arrays[1:2] if m.group(2) == "collective-permute" else arrays
-    dtype, dims, nbytes = max(arrays, key=lambda a: a[2])
-    found.append({"op": m.group(2), "shape": f"{dtype}[{dims}]", "bytes": int(nbytes)})
+    op, is_start = m.group(2), bool(m.group(3))
+    if is_start and op == "collective-permute" and len(arrays) > 1:
+      arrays = arrays[1:2]                       # (input, output, contexts...): the output
+    elif is_start and op in ("all-gather", "reduce-scatter") and len(arrays) > 1:
+      half = len(arrays) // 2                    # ((inputs...), (outputs...))
+      arrays = arrays[half:] if op == "all-gather" else arrays[half:]
+    # A combined collective (tuple result) moves all of its arrays.
+    nbytes = sum(a[2] for a in arrays)
+    dtype, dims, _ = max(arrays, key=lambda a: a[2])
+    found.append({"op": op, "shape": f"{dtype}[{dims}]" + (f" +{len(arrays) - 1}"
+                                                           if len(arrays) > 1 else ""),
+                  "bytes": int(nbytes)})
   return found
 
 
