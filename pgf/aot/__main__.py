@@ -99,7 +99,7 @@ def _collective_lines(step) -> list[str]:
   return out
 
 
-def _variants(config, result):
+def _variants(config, result, usable):
   """Changes to try, cheapest first: more micro-batches (same global batch, same step count),
   then rematerialised blocks, then FSDP over every device."""
   from pgf import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
@@ -123,18 +123,25 @@ def _variants(config, result):
       out.append({"model.remat": remat})
       out += [{"model.remat": remat, "micro_batches": k} for k in micro[:3]]
   if result.mesh.get("fsdp", 1) == 1 and shards > 1:
-    out.append({"mesh.data": 1, "mesh.fsdp": -1})
+    fsdp = {"mesh.data": 1, "mesh.fsdp": -1}
+    # The train state alone (params + optimizer moments, replicated) takes most of the chip:
+    # only sharding it helps, so FSDP goes first.
+    if result.state_bytes > 0.5 * usable:
+      out.insert(0, fsdp)
+    else:
+      out.append(fsdp)
   return out
 
 
 def _apply(config, change):
   new = copy.deepcopy(config)
-  for key, value in change.items():
-    node = new
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  with new.unlocked():
+    for key, value in change.items():
+      node = new
+      *parents, leaf = key.split(".")
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
   return new
 
 
@@ -145,10 +152,12 @@ def _flags_of(change) -> str:
 def _suggest(config, topo, result, compile_steps, usable):
   tried = []
   first_fit = None
-  for change in _variants(config, result)[:FLAGS.max_tries]:
+  # Only the steps that do not fit are recompiled.
+  failing = [s.name for s in result.steps if not (s.ok and s.peak_bytes <= usable)]
+  for change in _variants(config, result, usable)[:FLAGS.max_tries]:
     candidate = _apply(config, change)
     try:
-      r = compile_steps(candidate, topo, steps=FLAGS.steps)
+      r = compile_steps(candidate, topo, steps=failing)
     except ValueError as e:  # the variant itself is invalid for this mesh: skip it
       tried.append((change, None, str(e).split("\n")[-1]))
       continue
@@ -193,7 +202,8 @@ def main(argv):
     print(f"pgf.aot: {e}", file=sys.stderr)
     return 2
   shards = result.mesh.get("data", 1) * result.mesh.get("fsdp", 1)
-  print(f"mesh {result.mesh}; global batch {result.global_batch} "
+  print(f"train state {_gib(result.state_bytes)} GiB per device (params + optimizer state); "
+        f"mesh {result.mesh}; global batch {result.global_batch} "
         f"({result.global_batch // max(shards, 1)} per data-parallel device), micro-batches "
         f"{result.micro_batches}, remat {result.remat}")
   for note in result.notes:
@@ -202,10 +212,12 @@ def main(argv):
   print("\n".join(_step_lines(result, usable)))
   print("compute (estimates, not measurements):")
   for s in result.steps:
-    print("\n".join(_estimates(s, chip)))
+    if s.ok:
+      print("\n".join(_estimates(s, chip)))
   print("collectives in the compiled HLO:")
   for s in result.steps:
-    print("\n".join(_collective_lines(s)))
+    if s.ok:
+      print("\n".join(_collective_lines(s)))
   record = {"topology": FLAGS.topology, "chips": topo.chips, "hosts": topo.hosts,
             "chip": chip.name, "hbm_gib": chip.hbm_gib, "usable_gib": usable / GIB,
             "mesh": result.mesh, "global_batch": result.global_batch,

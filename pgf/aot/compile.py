@@ -57,6 +57,7 @@ class ConfigResult:
   micro_batches: int
   remat: str
   mesh: dict
+  state_bytes: int = 0               # per device: params + optimizer state (+ model state)
 
   def fits(self) -> bool:
     usable = self.topology.chip.hbm_gib * GIB * USABLE_FRACTION
@@ -131,6 +132,11 @@ def compile_steps(config, topology: Topology, *, steps=("train", "eval")) -> Con
                                     sharding=fns.batch_sharding)
             for k, v in task.example_batch.items()}
 
+  state_bytes = sum(
+      int(np.prod(leaf.sharding.shard_shape(leaf.shape))) * leaf.dtype.itemsize
+      for leaf in jax.tree.leaves(abstract_state)
+      if hasattr(leaf, "sharding") and not jax.dtypes.issubdtype(leaf.dtype,
+                                                                 jax.dtypes.prng_key))
   results = []
   if "train" in steps:
     results.append(_compile("train", lambda: fns.train_step.lower(
@@ -142,4 +148,4 @@ def compile_steps(config, topology: Topology, *, steps=("train", "eval")) -> Con
     results.append(_compile("eval", lambda: fns.eval_step.lower(
         abstract_state["params"], batch_of(rows), abstract_state.get("model_state", {}))))
   return ConfigResult(topology, results, notes, config.batch_size, micro,
-                      config.model.get("remat", "none"), dict(mesh.shape))
+                      config.model.get("remat", "none"), dict(mesh.shape), state_bytes)
