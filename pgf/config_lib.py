@@ -227,6 +227,10 @@ def validate(config, process_count: int = 1, device_count: int = 1,
                     "accumulation over that many micro-batches of config.batch_size)")
   elif isinstance(batch, int) and batch > 0 and batch % micro:
     problems.append(f"config.micro_batches={micro} does not divide config.batch_size={batch}")
+  per_micro = config.get("device_micro_batch", 0)
+  if not isinstance(per_micro, int) or isinstance(per_micro, bool) or per_micro < 0:
+    problems.append(f"config.device_micro_batch={per_micro!r}: an int >= 0 (examples per "
+                    "device per micro-batch; 0 = use config.micro_batches)")
   steps = config.get("total_steps", -1)
   epochs = config.get("total_epochs", 0.0)
   need((isinstance(steps, int) and steps > 0) or (not steps or steps < 0) and epochs > 0,

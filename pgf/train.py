@@ -218,7 +218,7 @@ def _train_and_evaluate(config, workdir: str, stop: dict[str, Any]) -> dict[str,
     writer.truncate_after(resumed_from)
   start_step = int(state["step"])
   fns = _compile_steps(task, recipe, tx, lr_schedule, mesh, state_shardings, noise_every,
-                       jax.random.fold_in(rng, 1), config.get("micro_batches", 1))
+                       jax.random.fold_in(rng, 1), micro_batches_of(config, mesh))
   evaluate = functools.partial(_evaluate, task, fns, mesh)
 
   pending: list[tuple[int, dict]] = []
@@ -355,6 +355,24 @@ class StepFns(NamedTuple):
   sparsity: Any         # (params, opt_state, step) -> measured fraction of zeros
   batch_sharding: Any
   eval_rows: int        # eval batches are padded to a multiple of this
+
+
+def micro_batches_of(config, mesh) -> int:
+  """Gradient-accumulation micro-batches per step: `config.micro_batches`, or, when
+  `config.device_micro_batch` > 0, as many as keep each data-parallel device at that many
+  examples per micro-batch (so one config fits slices of any size: v4-8 with 1024 examples per
+  chip and 128 per micro-batch accumulates 8, v4-32 with 256 accumulates 2)."""
+  per_micro = config.get("device_micro_batch", 0) or 0
+  if per_micro <= 0:
+    return config.get("micro_batches", 1)
+  per_device = config.batch_size // sharding_lib.batch_shard_count(mesh)
+  if per_device <= per_micro:
+    return 1
+  if per_device % per_micro:
+    raise ValueError(f"config.device_micro_batch={per_micro} does not divide the "
+                     f"{per_device} examples each data-parallel device holds of "
+                     f"config.batch_size={config.batch_size}")
+  return per_device // per_micro
 
 
 def _micro_batches(batch, k: int, mesh):

@@ -58,3 +58,21 @@ def test_micro_batches_must_divide_the_batch():
   config.update(micro_batches=0)
   with pytest.raises(ValueError, match="config.micro_batches=0: must be an int >= 1"):
     config_lib.validate(config)
+
+
+def test_device_micro_batch_scales_with_the_slice():
+  config = load_config(os.path.join(ROOT, "configs", "vit_1_16.py"))  # batch 4096
+  with config.unlocked():
+    config.device_micro_batch = 128
+  devices = [jax.devices()[0]] * 1
+  mesh = sharding_lib.build_mesh(config.get("mesh"), devices=devices)
+  assert train.micro_batches_of(config, mesh) == 32          # 4096 on one device
+  for chips, want in ((4, 8), (16, 2), (32, 1), (64, 1)):
+    sizes = {"data": chips, "fsdp": 1, "model": 1}
+    fake = type("Mesh", (), {"shape": sizes})()
+    assert train.micro_batches_of(config, fake) == want
+  config.device_micro_batch = 96
+  with pytest.raises(ValueError, match="config.device_micro_batch=96 does not divide the 1024"):
+    train.micro_batches_of(config, type("Mesh", (), {"shape": {"data": 4, "fsdp": 1}})())
+  assert any("device_micro_batch=96" in p
+             for p in sharding_lib.config_problems(config, device_count=4))

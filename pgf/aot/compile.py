@@ -123,7 +123,7 @@ def compile_steps(config, topology: Topology, *, steps=("train", "eval")) -> Con
   state_shardings = sharding_lib.tree_shardings(abstract_state, mesh,
                                                 sharding_lib.rules_of(config))
   abstract_state = sharding_lib.with_shardings(abstract_state, state_shardings)
-  micro = config.get("micro_batches", 1)
+  micro = train.micro_batches_of(config, mesh)
   fns = train._compile_steps(task, recipe, tx, lr_schedule, mesh, state_shardings,  # pylint: disable=protected-access
                              noise_every, jax.random.fold_in(rng, 1), micro)
 
