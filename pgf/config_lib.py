@@ -61,6 +61,25 @@ def add_sharding(config, data: int = -1, fsdp: int = 1, model: int = 1, axis_typ
   config.mesh = ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, model=model,
                                                axis_types=axis_types))
   config.sharding_rules = tuple(tuple(rule) for rule in (rules or sharding.DEFAULT_RULES))
+  add_memory_fields(config)
+  return config
+
+
+def add_memory_fields(config) -> ml_collections.ConfigDict:
+  """The fields that trade speed for memory (docs/aot.md), present in every config so that
+  `--config.micro_batches=4` etc. work on the command line:
+
+    micro_batches        gradient accumulation over this many micro-batches (1: off);
+    device_micro_batch   > 0: instead, micro-batches of this many examples per data-parallel
+                         device (the count then follows the slice size);
+    model.remat          "none" | "dots" | "block": rematerialised transformer blocks.
+  """
+  if "micro_batches" not in config:
+    config.micro_batches = 1
+  if "device_micro_batch" not in config:
+    config.device_micro_batch = 0
+  if "model" in config and "remat" not in config.model:
+    config.model.remat = "none"
   return config
 
 
