@@ -217,8 +217,12 @@ def _train_and_evaluate(config, workdir: str, stop: dict[str, Any]) -> dict[str,
   if resumed_from is not None:
     writer.truncate_after(resumed_from)
   start_step = int(state["step"])
+  micro_batches = micro_batches_of(config, mesh)
+  if micro_batches > 1 and is_main:
+    log.info("Gradient accumulation: %d micro-batches of %d examples per step", micro_batches,
+             config.batch_size // micro_batches)
   fns = _compile_steps(task, recipe, tx, lr_schedule, mesh, state_shardings, noise_every,
-                       jax.random.fold_in(rng, 1), micro_batches_of(config, mesh))
+                       jax.random.fold_in(rng, 1), micro_batches)
   evaluate = functools.partial(_evaluate, task, fns, mesh)
 
   pending: list[tuple[int, dict]] = []
