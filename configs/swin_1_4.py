@@ -10,10 +10,10 @@ MDGF-Exp 82.491, SDGF-Step 82.267, SDGF-Geo 82.469.
   python -m pgf.main --config=configs/swin_1_4.py:method=sdgf_geometric --workdir=$WORKDIR
   python -m pgf.main --config=configs/swin_1_4.py:demo --workdir=/tmp/swin_1_4_demo   # CPU, digits
 
-Defaults and where each comes from: pgf/config_swin.py.
+Defaults and where each comes from: pgf/families/swin.py.
 """
 
-from pgf import config_swin
+from pgf.families import swin as config_swin
 
 
 def get_config(arg=None):

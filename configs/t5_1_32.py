@@ -17,7 +17,7 @@ Paper GLUE average (dense 86.2): SR-STE 79.4, SDGF-Stepwise 80.9, SDGF-Geometric
       --config.init_from=/tmp/t5_pretrain_demo
 """
 
-from pgf import config_lib
+from pgf.train import config_lib
 
 
 def get_config(arg=None):

@@ -16,7 +16,7 @@ Paper GLUE average (dense 86.2): SR-STE 84.1, SDGF-Stepwise 83.7, SDGF-Geometric
       --config.init_from=/tmp/t5_pretrain_demo
 """
 
-from pgf import config_lib
+from pgf.train import config_lib
 
 
 def get_config(arg=None):

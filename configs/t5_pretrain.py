@@ -18,7 +18,7 @@ Then fine-tune sparsely from it with any Table 4 row, e.g.
       --config.init_from=/tmp/t5_pretrain_demo
 """
 
-from pgf import config_lib
+from pgf.train import config_lib
 
 
 def get_config(arg=None):

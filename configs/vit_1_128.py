@@ -11,7 +11,7 @@ MDGF-Exp 74.18, SDGF-Step 71.725, SDGF-Geo 69.801.
   python -m pgf.main --config=configs/vit_1_128.py:demo --workdir=/tmp/vit_1_128_demo   # CPU, digits
 """
 
-from pgf import config_lib
+from pgf.train import config_lib
 
 
 def get_config(arg=None):

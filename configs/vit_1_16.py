@@ -11,7 +11,7 @@ MDGF-Exp 77.325, SDGF-Step 75.923, SDGF-Geo 76.869.
   python -m pgf.main --config=configs/vit_1_16.py:demo --workdir=/tmp/vit_1_16_demo   # CPU, digits
 """
 
-from pgf import config_lib
+from pgf.train import config_lib
 
 
 def get_config(arg=None):

@@ -11,7 +11,7 @@ MDGF-Exp 76.068, SDGF-Step 74.394, SDGF-Geo 74.91.
   python -m pgf.main --config=configs/vit_1_32.py:demo --workdir=/tmp/vit_1_32_demo   # CPU, digits
 """
 
-from pgf import config_lib
+from pgf.train import config_lib
 
 
 def get_config(arg=None):

@@ -11,7 +11,7 @@ MDGF-Exp 78.273, SDGF-Step 77.163, SDGF-Geo 76.839.
   python -m pgf.main --config=configs/vit_1_8_qk_1_4.py:demo --workdir=/tmp/vit_1_8_qk_1_4_demo   # CPU, digits
 """
 
-from pgf import config_lib
+from pgf.train import config_lib
 
 
 def get_config(arg=None):

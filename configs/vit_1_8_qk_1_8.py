@@ -11,7 +11,7 @@ MDGF-Exp 77.349, SDGF-Step 76.617, SDGF-Geo 76.334.
   python -m pgf.main --config=configs/vit_1_8_qk_1_8.py:demo --workdir=/tmp/vit_1_8_qk_1_8_demo   # CPU, digits
 """
 
-from pgf import config_lib
+from pgf.train import config_lib
 
 
 def get_config(arg=None):

@@ -105,7 +105,7 @@ def matmul_table(rows) -> str:
 
 
 def vit_model(variant: str, smoke: bool):
-  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  from pgf.train import config_lib  # pylint: disable=g-import-not-at-top
   from pgf.deploy import model as model_lib  # pylint: disable=g-import-not-at-top
   arg = "demo" if variant == "demo" else f"variant={variant}"
   config = config_lib.vit_config(ff="1:16", arg=arg)

@@ -39,7 +39,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import optax  # pylint: disable=g-import-not-at-top
 
 import pgf  # pylint: disable=g-import-not-at-top
-from pgf import config_lib, sharding  # pylint: disable=g-import-not-at-top
+from pgf.train import config_lib, sharding  # pylint: disable=g-import-not-at-top
 from pgf.train import build_optimizer, build_recipe  # pylint: disable=g-import-not-at-top
 
 START_FRACTION = 0.4
@@ -76,13 +76,13 @@ def synthetic_classifier(model, image_size: int, batch: int, num_classes: int):
 
 def synthetic_vit(config, image_size: int, batch: int, num_classes: int = 1000):
   """(init_fn, loss_fn, batch) for the config's ViT (`model.variant` as given) on random data."""
-  from pgf.tasks import vit_model  # pylint: disable=g-import-not-at-top
+  from pgf.train.tasks import vit_model  # pylint: disable=g-import-not-at-top
   return synthetic_classifier(vit_model(config, num_classes), image_size, batch, num_classes)
 
 
 def synthetic_swin(config, image_size: int, batch: int, num_classes: int = 1000):
   """(init_fn, loss_fn, batch) for the config's SwinV2 on random images and labels."""
-  from pgf.tasks import swin_model  # pylint: disable=g-import-not-at-top
+  from pgf.train.tasks import swin_model  # pylint: disable=g-import-not-at-top
   return synthetic_classifier(swin_model(config, num_classes), image_size, batch, num_classes)
 
 
@@ -91,7 +91,7 @@ def synthetic_resnet(config, image_size: int, batch: int, num_classes: int = 10)
 
   BatchNorm runs in train mode (batch statistics, as in pgf.train); the updated running
   statistics are dropped, which leaves out only their few-kilobyte moving-average write."""
-  from pgf.tasks import resnet_model  # pylint: disable=g-import-not-at-top
+  from pgf.train.tasks import resnet_model  # pylint: disable=g-import-not-at-top
   model = resnet_model(config, num_classes)
   rng = np.random.default_rng(0)
   data = {"image": rng.normal(size=(batch, image_size, image_size, 3)).astype(np.float32),
@@ -116,8 +116,8 @@ def synthetic_resnet(config, image_size: int, batch: int, num_classes: int = 10)
 def synthetic_t5(config, batch: int, input_length: int, target_length: int,
                  vocab_size: int = 32128):
   """(init_fn, loss_fn, batch) for the config's T5 on random tokens (T5 v1.1's vocabulary size
-  by default), with the loss of `pgf.text_tasks` (token cross-entropy plus the config's z-loss)."""
-  from pgf import text_tasks  # pylint: disable=g-import-not-at-top
+  by default), with the loss of `pgf.train.text_tasks` (token cross-entropy plus the config's z-loss)."""
+  from pgf.train import text_tasks  # pylint: disable=g-import-not-at-top
   from pgf.models import t5 as t5_lib  # pylint: disable=g-import-not-at-top
   m = config.model
   sizes = {k: m.get(k) for k in t5_lib.VARIANTS["base"] if m.get(k) is not None}
@@ -148,7 +148,7 @@ def synthetic_t5(config, batch: int, input_length: int, target_length: int,
 
 def task_based(config):
   """(init_fn, loss_fn, batch) from the config's own task and its first training batch."""
-  from pgf.tasks import build_task  # pylint: disable=g-import-not-at-top
+  from pgf.train.tasks import build_task  # pylint: disable=g-import-not-at-top
   task = build_task(config)
   return task.init_fn, task.loss_fn, task.train_source.train_batch(0)
 

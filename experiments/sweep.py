@@ -98,7 +98,7 @@ def _image_cells(config_path: str, rule, width: int, methods, patterns, seeds,
 
 def vit_digits(methods, patterns, seeds, steps) -> Grid:
   """The ViT demo model (4 blocks, width 64, MLP 256) on digits; FF layers at each pattern."""
-  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  from pgf.train import config_lib  # pylint: disable=g-import-not-at-top
   return _image_cells("configs/vit_1_16.py:demo", lambda nm: (config_lib.VIT_FF, nm), 64,
                       methods, patterns, seeds, steps or 600)
 
@@ -111,7 +111,7 @@ SWIN_PATTERNS = ("1:4", "1:8", "1:16", "1:32")
 def swin_digits(methods, patterns, seeds, steps) -> Grid:
   """The SwinV2 demo model (3 stages of 2 blocks, embed 32, window 4, patch 2 on 16x16 digits);
   FF layers at each pattern (paper Table 3's rows, at CPU scale)."""
-  from pgf import config_swin  # pylint: disable=g-import-not-at-top
+  from pgf.families import swin as config_swin  # pylint: disable=g-import-not-at-top
   return _image_cells("configs/swin_1_16.py:demo", lambda nm: (config_swin.SWIN_FF, nm),
                       config_swin.DEMO_SIZES["embed_dim"], methods, patterns, seeds, steps or 600)
 
@@ -125,7 +125,7 @@ def resnet_digits(methods, patterns, seeds, steps) -> Grid:
   """The ResNet demo model (4 bottleneck stages of one block, width 16, CIFAR stem, 16x16
   digits); every bottleneck conv at each pattern, grouped along input channels (paper Table 6's
   rows, at CPU scale)."""
-  from pgf import config_resnet  # pylint: disable=g-import-not-at-top
+  from pgf.families import resnet as config_resnet  # pylint: disable=g-import-not-at-top
   return _image_cells("configs/resnet50_1_8.py:demo", lambda nm: config_resnet.resnet_rules(nm)[0],
                       16, methods, patterns, seeds, steps or 600)
 
@@ -144,7 +144,7 @@ def t5_shakespeare(methods, patterns, seeds, steps) -> Grid:
   config are not learned by a model this small in minutes (README, Results), so the grid uses a task it
   does learn: a dense fine-tune ends ~35% below the targets' unigram entropy.
   """
-  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  from pgf.train import config_lib  # pylint: disable=g-import-not-at-top
   steps = steps or 200
   cells = []
   for seed in seeds:
@@ -194,7 +194,7 @@ def t5_shakespeare_qkv(methods, patterns, seeds, steps, ff: str = "1:8") -> Grid
   """The paper's Table 4 QKV rows at CPU scale: FF at `ff` plus Q, K, V of every attention
   (encoder self, decoder self, decoder cross) at each pattern, fine-tuned from the FF grid's
   pre-trainings (same seeds, same 200 steps, same task and model)."""
-  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  from pgf.train import config_lib  # pylint: disable=g-import-not-at-top
   steps = steps or 200
   cells = []
   for seed in seeds:
@@ -221,7 +221,7 @@ def vit_digits_noise(methods, patterns, seeds, steps) -> Grid:
   3 heads, width 192, MLP 768) with AdamW at batch 64 and FF at 1:16, on digits (not CIFAR-10)
   at their native 8x8 (4 patches of 4x4, so 12,000 steps fit a CPU), for 12,000 steps (20x the
   ViT grid's 600), gradient-noise statistics every 40 steps."""
-  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  from pgf.train import config_lib  # pylint: disable=g-import-not-at-top
   steps = steps or 12_000
   every = max(steps // 300, 1)
   cells = []
@@ -246,7 +246,7 @@ def vit_digits_noise(methods, patterns, seeds, steps) -> Grid:
 def t5_shakespeare_noise(methods, patterns, seeds, steps) -> Grid:
   """The noise study on the T5 fine-tune: the FF grid's task and model, FF at 1:16, for 4,000
   steps (20x the grid's 200) from the seed's shared pre-training, statistics every 20 steps."""
-  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  from pgf.train import config_lib  # pylint: disable=g-import-not-at-top
   steps = steps or 4000
   cells = []
   for seed in seeds:
@@ -279,7 +279,8 @@ GRID_DEFAULTS = {"t5_shakespeare_qkv": (METHODS, ("1:8", "1:4"), SEEDS),
 def run_cell(spec: dict) -> None:
   """Worker entry point: one training run (in this process)."""
   sys.path.insert(0, ROOT)
-  from pgf import config_lib, train  # pylint: disable=g-import-not-at-top
+  from pgf import train  # pylint: disable=g-import-not-at-top
+  from pgf.train import config_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.load(os.path.join(ROOT, spec["config"]))
   overrides = {k: (v.format(out=spec["out"]) if isinstance(v, str) else v)
                for k, v in spec["overrides"]}

@@ -50,7 +50,7 @@ MASK_CASES = [
 
 
 def have_t5() -> bool:
-  return importlib.util.find_spec("pgf.text_tasks") is not None
+  return importlib.util.find_spec("pgf.train.text_tasks") is not None
 
 
 def models() -> tuple[str, ...]:
@@ -59,7 +59,7 @@ def models() -> tuple[str, ...]:
 
 def build_config(model: str, mesh: dict | None = None):
   """A tiny sparse ViT or T5 config that trains STEPS steps in seconds, on `mesh`."""
-  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  from pgf.train import config_lib  # pylint: disable=g-import-not-at-top
   if model == "vit":
     config = config_lib.load(os.path.join(ROOT, "configs", "vit_1_16.py:demo"))
     config.model.update(variant="Ti/4", width=32, depth=2, num_heads=2, mlp_dim=64)
@@ -121,8 +121,8 @@ def spec_of(array) -> list:
 def run_model(base: str, model: str, out: dict) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from pgf import sharding  # pylint: disable=g-import-not-at-top
-  from pgf.checkpointing import Checkpointer  # pylint: disable=g-import-not-at-top
+  from pgf.train import sharding  # pylint: disable=g-import-not-at-top
+  from pgf.train.checkpointing import Checkpointer  # pylint: disable=g-import-not-at-top
   from pgf.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
   single_params = load_arrays(os.path.join(base, f"1dev_{model}", "params.npz"))
   for name in MESHES_OF[model]:

@@ -11,7 +11,7 @@ import pytest
 
 import pgf
 from pgf.analysis import flops
-from pgf.config_lib import VIT_FF
+from pgf.train.config_lib import VIT_FF
 from pgf.models import t5 as t5_lib
 from pgf.models import vit as vit_lib
 from pgf.sparsify import leaf_path
@@ -191,7 +191,7 @@ def test_cli_prints_the_table():
 
 
 def test_t5_configs_per_sequence_and_token():
-  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  from pgf.train import config_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.load(os.path.join(ROOT, "configs", "t5_1_4.py:demo"))
   matmuls = flops.matmuls_from_config(config)
   # The longest genre label plus EOS is 8 bytes; the byte vocabulary rounds up to 384.

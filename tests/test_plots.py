@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import pgf
-from pgf import config_lib
+from pgf.train import config_lib
 from pgf.analysis import plots
 from pgf.analysis.schedule import schedule_arrays
 

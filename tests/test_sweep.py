@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pgf import config_lib
+from pgf.train import config_lib
 from pgf.train import preflight
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

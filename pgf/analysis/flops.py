@@ -289,7 +289,7 @@ def matmuls_from_config(config, class_token: bool = False, input_length: int | N
   if model.get("name") == "t5":
     return _t5_from_config(config, input_length, target_length)
   if model.get("name") == "swin":
-    from pgf.config_swin import model_kwargs  # pylint: disable=g-import-not-at-top
+    from pgf.families.swin import model_kwargs  # pylint: disable=g-import-not-at-top
     sizes = model_kwargs(model)
     data = config.data
     return swin_matmuls(sizes, int(data.image_size), sizes["window_size"], sizes["patch_size"],
@@ -305,8 +305,8 @@ def matmuls_from_config(config, class_token: bool = False, input_length: int | N
 
 
 def _t5_from_config(config, input_length: int | None, target_length: int | None):
-  """T5 sizes, vocabulary and sequence lengths the way pgf/text_tasks.py derives them."""
-  from pgf import text_tasks  # pylint: disable=g-import-not-at-top
+  """T5 sizes, vocabulary and sequence lengths the way pgf/train/text_tasks.py derives them."""
+  from pgf.train import text_tasks  # pylint: disable=g-import-not-at-top
   from pgf.data import span_corruption  # pylint: disable=g-import-not-at-top
   from pgf.models import t5 as t5_lib  # pylint: disable=g-import-not-at-top
   model, data = config.model, config.data
@@ -330,7 +330,7 @@ def _t5_from_config(config, input_length: int | None, target_length: int | None)
 
 def _label_length(config, tokenizer) -> int:
   """Targets length of a classification dataset: its longest label plus EOS (as its source)."""
-  from pgf import text_tasks  # pylint: disable=g-import-not-at-top
+  from pgf.train import text_tasks  # pylint: disable=g-import-not-at-top
   from pgf.data import text  # pylint: disable=g-import-not-at-top
   name = config.data.name
   if name == "glue" or name.startswith("glue/"):
@@ -538,7 +538,7 @@ def describe(config, steps: int | None = None, class_token: bool = False,
              target_length: int | None = None) -> str:
   """The text `python -m pgf.analysis.flops` prints for a config."""
   from pgf.analysis.runs import total_steps_from_config  # pylint: disable=g-import-not-at-top
-  from pgf.config_lib import build_recipe  # pylint: disable=g-import-not-at-top
+  from pgf.train.config_lib import build_recipe  # pylint: disable=g-import-not-at-top
   matmuls = matmuls_from_config(config, class_token, input_length, target_length)
   total_steps = total_steps_from_config(config, steps)
   recipe = build_recipe(config, total_steps)

@@ -137,7 +137,7 @@ def abstract_model(config):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   name = config.model.name
   if name in ("vit", "swin", "resnet"):
-    from pgf import tasks  # pylint: disable=g-import-not-at-top
+    from pgf.train import tasks  # pylint: disable=g-import-not-at-top
     from pgf.data import digits, images  # pylint: disable=g-import-not-at-top
     dataset = config.data.name.split(":")[0].split("/")[0]
     classes = digits.NUM_CLASSES if dataset == "digits" else images.DATASETS[dataset].num_classes
@@ -145,7 +145,7 @@ def abstract_model(config):
     size = config.data.image_size
     inputs = (jnp.zeros((1, size, size, 3), jnp.float32),)
   elif name == "t5":
-    from pgf import text_tasks  # pylint: disable=g-import-not-at-top
+    from pgf.train import text_tasks  # pylint: disable=g-import-not-at-top
     vocab = text_tasks.model_vocab_size(config, text_tasks.build_tokenizer(config.data))
     model = text_tasks.t5_model(config, vocab)
     inputs = (jnp.ones((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32))

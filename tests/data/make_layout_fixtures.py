@@ -68,7 +68,7 @@ def main():
     for arg in (None, "demo"):
       config = load_config(path, arg)
       if config.model.name == "t5":
-        from pgf import text_tasks
+        from pgf.train import text_tasks
         from pgf.data.tokenizers import ByteTokenizer
         vocab = config.model.get("vocab_size") or text_tasks.model_vocab_size(
             config, ByteTokenizer(num_extra_ids=config.data.get("num_extra_ids", 100)))

@@ -1,7 +1,7 @@
 """Tasks: what the train loop needs to know about a model family and its data.
 
 A task builds the model and its data sources from the config and defines the loss and the
-evaluation metrics. The train loop (pgf/train.py) is shared by every task; models and data know
+evaluation metrics. The train loop (pgf/train/loop.py) is shared by every task; models and data know
 nothing about sparsity (the loop applies `pgf.sparsify` to the params before `apply`).
 """
 
@@ -14,7 +14,7 @@ import optax
 
 from pgf.data import mixup
 from pgf.data.mixup import MixSpec
-from pgf.task_base import Batch, Task, masked_mean  # noqa: F401  (Task is re-exported)
+from pgf.train.task_base import Batch, Task, masked_mean  # noqa: F401  (Task is re-exported)
 
 
 # --------------------------------------------------------------------------- classification
@@ -33,8 +33,8 @@ def vit_model(config, num_classes: int):
 
 
 def swin_model(config, num_classes: int):
-  """The SwinV2 of `config.model` (pgf/models/swin.py; sizes from pgf/config_swin.py)."""
-  from pgf import config_swin  # pylint: disable=g-import-not-at-top
+  """The SwinV2 of `config.model` (pgf/models/swin.py; sizes from pgf/families/swin.py)."""
+  from pgf.families import swin as config_swin  # pylint: disable=g-import-not-at-top
   from pgf.models import swin as swin_lib  # pylint: disable=g-import-not-at-top
   return swin_lib.SwinV2(
       num_classes=num_classes, dropout=config.model.dropout,
@@ -171,7 +171,7 @@ def build_task(config, process_index: int = 0, process_count: int = 1) -> Task:
   if config.model.name in ("vit", "swin", "resnet"):
     return classification_task(config, process_index, process_count)
   if config.model.name == "t5":
-    from pgf import text_tasks  # pylint: disable=g-import-not-at-top
+    from pgf.train import text_tasks  # pylint: disable=g-import-not-at-top
     return text_tasks.seq2seq_task(config, process_index, process_count)
   raise ValueError(f"config.model.name={config.model.name!r}: expected 'vit', 'swin', 'resnet' "
                    "or 't5'")

@@ -1,6 +1,6 @@
 """T5 text-to-text tasks for the shared train loop: span-corruption pre-training and fine-tuning.
 
-`seq2seq_task(config)` returns a `pgf.tasks.Task` whose data comes from `config.data.name`:
+`seq2seq_task(config)` returns a `pgf.train.tasks.Task` whose data comes from `config.data.name`:
 
   pre-training (T5 span corruption)   "c4" (TFDS c4/en), "shakespeare_spans" (embedded, CPU demo)
   fine-tuning (text-to-text labels)   "glue" (T5's GLUE mixture), "glue/<task>", "shakespeare_genre",
@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pgf.task_base import Task
+from pgf.train.task_base import Task
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def t5_model(config, vocab_size: int):
 
 
 def seq2seq_task(config, process_index: int = 0, process_count: int = 1) -> Task:
-  """T5 v1.1 on `config.data.name` (see module docstring) as a `pgf.tasks.Task`."""
+  """T5 v1.1 on `config.data.name` (see module docstring) as a `pgf.train.tasks.Task`."""
   from pgf.data.tokenizers import ByteTokenizer  # pylint: disable=g-import-not-at-top
   from pgf.models import t5  # pylint: disable=g-import-not-at-top
   kind = dataset_kind(config.data.name)

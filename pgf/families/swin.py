@@ -23,7 +23,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-from pgf import config_lib
+from pgf.train import config_lib
 
 SWIN_FF = r"stages_\d+/blocks_\d+/mlp/fc[12]/kernel"
 SWIN_QK = r"stages_\d+/blocks_\d+/attn/(query|key)/kernel"

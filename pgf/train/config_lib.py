@@ -52,12 +52,12 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 def add_sharding(config, data: int = -1, fsdp: int = 1, model: int = 1, axis_types: str = "auto",
                  rules=None) -> ml_collections.ConfigDict:
-  """Sets `config.mesh` and `config.sharding_rules` (see pgf/sharding.py); returns config.
+  """Sets `config.mesh` and `config.sharding_rules` (see pgf/train/sharding.py); returns config.
 
   The default is data parallelism over every device. Override on the command line, e.g.
   `--config.mesh.fsdp=4 --config.mesh.data=-1` for FSDP within groups of 4 devices.
   """
-  from pgf import sharding  # pylint: disable=g-import-not-at-top
+  from pgf.train import sharding  # pylint: disable=g-import-not-at-top
   config.mesh = ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, model=model,
                                                axis_types=axis_types))
   config.sharding_rules = tuple(tuple(rule) for rule in (rules or sharding.DEFAULT_RULES))
@@ -235,7 +235,7 @@ def validate(config, process_count: int = 1, device_count: int = 1,
   need(isinstance(noise_every, int) and noise_every >= 0,
        f"config.noise_every={noise_every!r}: must be an int >= 0 (0 = off)")
   optim = config.optim
-  from pgf import sharding  # pylint: disable=g-import-not-at-top
+  from pgf.train import sharding  # pylint: disable=g-import-not-at-top
   problems.extend(sharding.config_problems(config, device_count))
   need(optim.lr > 0, f"config.optim.lr={optim.lr!r}: must be > 0")
   need(optim.schedule in ("cosine", "constant", "rsqrt"),
@@ -250,10 +250,10 @@ def validate(config, process_count: int = 1, device_count: int = 1,
   elif model_name == "t5":
     problems.extend(_t5_problems(config))
   elif model_name == "swin":
-    from pgf.config_swin import swin_problems  # pylint: disable=g-import-not-at-top
+    from pgf.families.swin import swin_problems  # pylint: disable=g-import-not-at-top
     problems.extend(swin_problems(config))
   elif model_name == "resnet":
-    from pgf import config_resnet  # pylint: disable=g-import-not-at-top
+    from pgf.families import resnet as config_resnet  # pylint: disable=g-import-not-at-top
     problems.extend(config_resnet.problems(config))
     problems.extend(_vit_problems(config))
   try:
@@ -271,7 +271,7 @@ def validate(config, process_count: int = 1, device_count: int = 1,
 def _t5_problems(config) -> list[str]:
   """Problems in the T5-only fields (model sizes, text data, tokenizer, z-loss)."""
   from pgf.models.t5 import VARIANTS  # pylint: disable=g-import-not-at-top
-  from pgf.text_tasks import dataset_kind  # pylint: disable=g-import-not-at-top
+  from pgf.train.text_tasks import dataset_kind  # pylint: disable=g-import-not-at-top
   problems = []
   model, data = config.model, config.data
   if model.get("variant") not in VARIANTS:
@@ -312,7 +312,7 @@ def _t5_problems(config) -> list[str]:
   if not isinstance(z_loss, (int, float)) or z_loss < 0:
     problems.append(f"config.z_loss={z_loss!r}: a float >= 0")
   # WMT translation (paper Table 5): its messages replace the generic ones for the same field.
-  from pgf.config_wmt import wmt_problems  # pylint: disable=g-import-not-at-top
+  from pgf.families.wmt import wmt_problems  # pylint: disable=g-import-not-at-top
   wmt = wmt_problems(config)
   fields = {p.split("=")[0] for p in wmt}
   return [p for p in problems if p.split("=")[0] not in fields] + wmt

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from pgf import config_lib
+from pgf.train import config_lib
 
 RESNET_CONVS = r"stage_\d+/block_\d+/(conv_[012]|proj)/kernel"
 GROUPS = {"in": 2, "hwi": (0, 1, 2)}

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from pgf import config_lib
+from pgf.train import config_lib
 
 WMT_SIZES = dict(emb_dim=1024, num_heads=16, head_dim=64, mlp_dim=2816, num_encoder_layers=6,
                  num_decoder_layers=6)

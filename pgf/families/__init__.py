@@ -1,0 +1,1 @@
+"""Model families: each module here declares one family for the rest of pgf."""
