@@ -13,8 +13,8 @@ MDGF-Exp 80.542, SDGF-Step 80.386, SDGF-Geo 80.274.
 Defaults and where each comes from: pgf/families/swin.py.
 """
 
-from pgf.families import swin as config_swin
+from pgf.families import swin
 
 
 def get_config(arg=None):
-  return config_swin.swin_config(ff="1:16", arg=arg)
+  return swin.swin_config(ff="1:16", arg=arg)

@@ -13,8 +13,8 @@ MDGF-Exp 79.545, SDGF-Step 76.480, SDGF-Geo 79.277.
 Defaults and where each comes from: pgf/families/swin.py.
 """
 
-from pgf.families import swin as config_swin
+from pgf.families import swin
 
 
 def get_config(arg=None):
-  return config_swin.swin_config(ff="1:32", arg=arg)
+  return swin.swin_config(ff="1:32", arg=arg)

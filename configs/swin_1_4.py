@@ -13,8 +13,8 @@ MDGF-Exp 82.491, SDGF-Step 82.267, SDGF-Geo 82.469.
 Defaults and where each comes from: pgf/families/swin.py.
 """
 
-from pgf.families import swin as config_swin
+from pgf.families import swin
 
 
 def get_config(arg=None):
-  return config_swin.swin_config(ff="1:4", arg=arg)
+  return swin.swin_config(ff="1:4", arg=arg)

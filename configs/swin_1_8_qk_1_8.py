@@ -13,8 +13,8 @@ MDGF-Exp 81.550, SDGF-Step 81.218, SDGF-Geo 81.438.
 Defaults and where each comes from: pgf/families/swin.py.
 """
 
-from pgf.families import swin as config_swin
+from pgf.families import swin
 
 
 def get_config(arg=None):
-  return config_swin.swin_config(ff="1:8", qk="1:8", arg=arg)
+  return swin.swin_config(ff="1:8", qk="1:8", arg=arg)

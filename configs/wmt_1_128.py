@@ -17,8 +17,8 @@ Paper token accuracy (dense 0.747): SR-STE 0.707, SDGF-Stepwise 0.708, MDGF-Exp 
   python -m pgf.main --config=configs/wmt_1_128.py:demo --workdir=/tmp/wmt_1_128_demo
 """
 
-from pgf.families import wmt as config_wmt
+from pgf.families import wmt
 
 
 def get_config(arg=None):
-  return config_wmt.wmt_config(ff="1:128", arg=arg)
+  return wmt.wmt_config(ff="1:128", arg=arg)

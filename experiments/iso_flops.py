@@ -57,7 +57,7 @@ def dense_curve_cells(family: str, fractions=FRACTIONS, seeds=SEEDS) -> list[swe
       cells += [dataclasses.replace(c, name=f"vit_dense_{steps}steps_s{c.seed}")
                 for c in grid.cells]
     return cells
-  from pgf.train import config_lib  # pylint: disable=g-import-not-at-top
+  from pgf import families  # pylint: disable=g-import-not-at-top
   pretrains = {seed: sweep._t5_pretrain(seed, sweep.T5_SHARED_RUNS) for seed in seeds}  # pylint: disable=protected-access
   cells += list(pretrains.values())
   for fraction in fractions:
@@ -65,7 +65,7 @@ def dense_curve_cells(family: str, fractions=FRACTIONS, seeds=SEEDS) -> list[swe
     for seed in seeds:
       cells.append(sweep._t5_finetune(  # pylint: disable=protected-access
           f"t5_dense_{steps}steps_s{seed}", pretrains[seed], "dense", "1:16", seed, steps,
-          ((config_lib.T5_FF, "1:16"),)))
+          families.get("t5").rules("1:16")))
   return cells
 
 

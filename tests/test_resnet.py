@@ -210,7 +210,7 @@ PAPER_METHODS = ("sr_ste", "mdgf_exp")  # the methods of Table 6
 
 
 def resnet50_abstract_params(config):
-  from pgf.train.tasks import resnet_model
+  from pgf.families.resnet import resnet_model
   model = resnet_model(config, 10)
   size = config.data.image_size
   return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),

@@ -110,12 +110,12 @@ def test_every_vit_config_runs_every_method_on_vit_b16():
 
 def test_every_vit_demo_runs_every_method():
   """The `:demo` twin of every row fits its small model with every method (1:128 widens it)."""
-  from pgf.train import tasks  # pylint: disable=g-import-not-at-top
+  from pgf.families import vit as vit_family  # pylint: disable=g-import-not-at-top
   for path in VIT_CONFIGS:
     for method in FIT_METHODS:
       config = load_config(path, f"demo,method={method}")
       config_lib.validate(config)
-      model = tasks.vit_model(config, 10)
+      model = vit_family.vit_model(config, 10)
       params = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 16, 16, 1)),
                                                  train=False))["params"]
       recipe, _ = pgf.fit_sdgf_k(params, build_recipe(config, config.total_steps))

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from pgf.families import t5 as t5_family
 from pgf.train import text_tasks
 from pgf.data import shakespeare
 from pgf.data import tokenizers
@@ -165,7 +166,7 @@ def wmt_params():
   """Abstract params of the full-size WMT model with the 32k vocabulary (nothing materialised)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  model = text_tasks.t5_model(load_config("wmt_1_16.py"), vocab_size=32_000)
+  model = t5_family.t5_model(load_config("wmt_1_16.py"), vocab_size=32_000)
   return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32),
                                            jnp.ones((1, 4), jnp.int32)))["params"]
 

@@ -7,7 +7,8 @@
 * tests/data/vit_ckpt/: a two-step run of the smallest ViT digits config (its checkpoints,
   config.json, recipe.json), plus params_sum.json: the sum and shape of every saved param leaf.
 
-These were written by the code before the trainer moved into pgf/train/ and the families into
+These were written (commit 4415ceb, with this script's imports of then: pgf.train, pgf.text_tasks
+and pgf.deploy.model.abstract_model) by the code before the trainer moved into pgf/train/ and the families into
 pgf/families/; the tests check that today's code reads the same checkpoint and builds the same
 models and recipes.
 """
@@ -61,23 +62,15 @@ def shape_digest(shape_dict):
 
 def main():
   from pgf import train
-  from pgf.deploy import model as deploy_model  # abstract params without data, today's way
+  from pgf import families
   out = {}
   for path in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))):
     name = os.path.basename(path)
     for arg in (None, "demo"):
       config = load_config(path, arg)
-      if config.model.name == "t5":
-        from pgf.train import text_tasks
-        from pgf.data.tokenizers import ByteTokenizer
-        vocab = config.model.get("vocab_size") or text_tasks.model_vocab_size(
-            config, ByteTokenizer(num_extra_ids=config.data.get("num_extra_ids", 100)))
-        model = text_tasks.t5_model(config, vocab)
-        inputs = (jnp.ones((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32))
-        params = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, *inputs,
-                                                   train=False)["params"])
-      else:
-        _, params, _ = deploy_model.abstract_model(config)
+      if config.model.name == "t5" and config.data.get("tokenizer") not in ("byte", None):
+        config.data.tokenizer = "byte"  # the vocabulary comes from vocab_size (WMT's 32k)
+      _, params, _ = families.of_config(config).abstract_model(config)
       recipe = train.build_recipe(config, 1000)
       key = name + (":" + arg if arg else "")
       out[key] = dict(model_name=config.model.name, **shape_digest(shapes(params)),
