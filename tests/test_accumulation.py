@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import pgf
-from pgf import config_lib
-from pgf import sharding as sharding_lib
-from pgf import train
+from pgf.train import config_lib
+from pgf.train import sharding as sharding_lib
+from pgf.train import loop as train
 from test_train_vit import ROOT, load_config, tiny_vit
 
 

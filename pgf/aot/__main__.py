@@ -102,7 +102,7 @@ def _collective_lines(step) -> list[str]:
 def _variants(config, result, usable):
   """Changes to try, cheapest first: more micro-batches (same global batch, same step count),
   then rematerialised blocks, then FSDP over every device."""
-  from pgf import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+  from pgf.train import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
   shards = 1
   for axis in sharding_lib.BATCH_AXES:
     shards *= result.mesh.get(axis, 1)

@@ -106,8 +106,8 @@ def _compile(name: str, lowered_fn) -> StepResult:
 
 def compile_steps(config, topology: Topology, *, steps=("train", "eval")) -> ConfigResult:
   """Compiles the config's train and/or eval step for `topology` (see module docstring)."""
-  from pgf import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
-  from pgf import train  # pylint: disable=g-import-not-at-top
+  from pgf.train import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+  from pgf.train import loop as train  # pylint: disable=g-import-not-at-top
   devices = topology.devices()
   notes: list[str] = []
   with standins.data_free(config, notes):

@@ -52,7 +52,7 @@ def data_free(config, notes: list[str]):
   """Within the block, building the config's task never opens a dataset it cannot find: image
   and text sources and SentencePiece tokenizers are replaced by shape-only stand-ins when the
   real ones fail to open (each replacement is appended to `notes`)."""
-  from pgf import tasks, text_tasks  # pylint: disable=g-import-not-at-top
+  from pgf.train import tasks, text_tasks  # pylint: disable=g-import-not-at-top
   real_images = tasks.build_image_sources
   real_tokenizer, real_text = text_tasks.build_tokenizer, text_tasks.build_text_source
 
