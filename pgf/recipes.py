@@ -170,8 +170,8 @@ class Recipe:
       or "ste" (plain straight-through, what the authors' code does). MDGF methods only.
     sr_ste_lambda: SR-STE's lambda_W.
     mask_update_every: recompute masks from |W| every this many steps (1 = every step). Above
-      1 the masks live in the optimizer state; pass `masks=pgf.masks_from_state(opt_state)` to
-      `pgf.sparsify`.
+      1 the masks live in the optimizer state, which `pgf.sparsify(params, recipe, opt_state)`
+      and `pgf.finalize(params, recipe, opt_state)` read them from.
     sdgf_k: geometric schedule start multiplier (power of two): k*N:k*M -> ... -> N:M.
     sdgf_stages: stage list ("N:M", ...) for method "sdgf_custom", used by every rule that has
       no stages of its own; its last stage must equal each such rule's target.

@@ -249,3 +249,21 @@ def test_bfloat16_params_train_and_deploy_exact_nm():
   np.testing.assert_array_equal(
       pgf.sparsify(params, recipe, pgf.at_step(opt_state, 11))["fc1"]["kernel"],
       deployed["fc1"]["kernel"])
+
+
+def test_round2_nnx_state_of_the_optimizer_says_which_subtree_to_pass():
+  """Finding 9: nnx.state(optimizer) turns optax's state types into dicts; the error says to
+  pass optimizer.opt_state (it said "found 0")."""
+  recipe = pgf.Recipe("sr_ste", rules=((r"fc1/kernel", "1:8"),), total_steps=12)
+  optimizer = nnx.Optimizer(NNXMLP(nnx.Rngs(0)), pgf.optimizer(recipe, optax.adam(1e-2)),
+                            wrt=nnx.Param)
+  with pytest.raises(ValueError, match=r"pass `optimizer.opt_state` of the nnx.Optimizer, not "
+                                       r"nnx.state\(optimizer\)"):
+    pgf.step_from_state(nnx.state(optimizer))
+  assert int(pgf.step_from_state(optimizer.opt_state, recipe)) == 0
+  # The wrong order is refused through nnx's Variables too.
+  wrong = nnx.Optimizer(NNXMLP(nnx.Rngs(0)),
+                        optax.chain(optax.adam(1e-2), pgf.gradient_flow(recipe)), wrt=nnx.Param)
+  params = nnx.state(NNXMLP(nnx.Rngs(0)), nnx.Param)
+  with pytest.raises(ValueError, match="must be the first transform on the raw gradients"):
+    pgf.sparsify(params, recipe, wrong.opt_state)
