@@ -318,6 +318,15 @@ def _integer_step_problem(recipe: Recipe) -> str | None:
   return None
 
 
+def _state_or_step(opt_state, step, fn: str):
+  if step is not None and opt_state is not None:
+    raise TypeError(f"pgf.{fn}: give the optimizer state or step=, not both")
+  if step is None and opt_state is None:
+    raise TypeError(f"pgf.{fn}(params, recipe, opt_state): the optimizer state is missing "
+                    "(it gives the step and the stored masks)")
+  return step if opt_state is None else opt_state
+
+
 def resolve(step_or_state, recipe: Recipe, masks, fn: str, *, allow_step: bool = False):
   """(step, masks) for `fn` from an optimizer state (checked at trace time: one gradient_flow,
   first on raw gradients, built from `recipe`) or, where that is safe, an integer step."""
@@ -342,8 +351,8 @@ def resolve(step_or_state, recipe: Recipe, masks, fn: str, *, allow_step: bool =
   return state.count, stored
 
 
-def sparsify(params, recipe: Recipe, opt_state, masks: Masks | None = None, *,
-             allow_unmatched_rules: bool = False):
+def sparsify(params, recipe: Recipe, opt_state=None, masks: Masks | None = None, *,
+             step=None, allow_unmatched_rules: bool = False):
   """Forward weights W ⊙ (Phi + D(step)·(1 − Phi)) with a straight-through gradient to W.
 
   Args:
@@ -358,6 +367,7 @@ def sparsify(params, recipe: Recipe, opt_state, masks: Masks | None = None, *,
       alone: methods whose gradient_flow leaves gradients unchanged (dense, ste, sdgf_*,
       mdgf_* with gradient="ste") with `mask_update_every == 1`; elsewhere it is a TypeError.
     masks: the old way to pass stored masks with an integer step; refused (pass the state).
+    step: the old keyword for an integer step (same rules as a positional one).
     allow_unmatched_rules: sparsify a subtree with a recipe that also has rules for leaves
       outside it.
 
@@ -367,6 +377,7 @@ def sparsify(params, recipe: Recipe, opt_state, masks: Masks | None = None, *,
     the method's gradient.
   """
   check_recipe(recipe, "sparsify", params)
+  opt_state = _state_or_step(opt_state, step, "sparsify")
   if masks is not None and _is_step(opt_state):
     raise TypeError(
         "pgf.sparsify(params, recipe, step, masks): stored masks hold only at the step the "
@@ -401,11 +412,12 @@ def _matched_leaves(params, matched) -> dict[str, Any]:
           if leaf_path(kp) in matched}
 
 
-def current_masks(params, recipe: Recipe, opt_state, masks: Masks | None = None, *,
-                  allow_unmatched_rules: bool = False) -> dict[str, Any]:
+def current_masks(params, recipe: Recipe, opt_state=None, masks: Masks | None = None, *,
+                  step=None, allow_unmatched_rules: bool = False) -> dict[str, Any]:
   """{path: bool mask Phi} in force (for logging and analysis): at the optimizer state's step
   with its stored masks, or at an integer step (with `masks` given explicitly)."""
   check_recipe(recipe, "current_masks", params)
+  opt_state = _state_or_step(opt_state, step, "current_masks")
   step, masks = resolve(opt_state, recipe, masks, "current_masks", allow_step=True)
   matched = check_params(params, recipe, allow_unmatched_rules)
   masks = _checked_masks(masks, matched, "current_masks", allow_unmatched_rules)
