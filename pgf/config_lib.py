@@ -210,8 +210,8 @@ def validate(config, process_count: int = 1, device_count: int = 1,
       problems.append(message)
 
   model_name = config.model.get("name")
-  need(model_name in ("vit", "t5", "swin", "resnet"),
-       f"config.model.name={model_name!r}: 'vit', 'swin', 'resnet' or 't5'")
+  need(model_name in ("vit", "t5", "swin", "resnet", "gpt"),
+       f"config.model.name={model_name!r}: 'vit', 'swin', 'resnet', 't5' or 'gpt'")
   batch = config.get("batch_size")
   if not isinstance(batch, int) or batch <= 0:
     problems.append(f"config.batch_size={batch!r}: must be a positive int")
@@ -252,6 +252,9 @@ def validate(config, process_count: int = 1, device_count: int = 1,
   elif model_name == "swin":
     from pgf.config_swin import swin_problems  # pylint: disable=g-import-not-at-top
     problems.extend(swin_problems(config))
+  elif model_name == "gpt":
+    from pgf import lm_family  # pylint: disable=g-import-not-at-top
+    problems.extend(lm_family.problems(config))
   elif model_name == "resnet":
     from pgf import config_resnet  # pylint: disable=g-import-not-at-top
     problems.extend(config_resnet.problems(config))

@@ -173,5 +173,8 @@ def build_task(config, process_index: int = 0, process_count: int = 1) -> Task:
   if config.model.name == "t5":
     from pgf import text_tasks  # pylint: disable=g-import-not-at-top
     return text_tasks.seq2seq_task(config, process_index, process_count)
-  raise ValueError(f"config.model.name={config.model.name!r}: expected 'vit', 'swin', 'resnet' "
-                   "or 't5'")
+  if config.model.name == "gpt":
+    from pgf import lm_family  # pylint: disable=g-import-not-at-top
+    return lm_family.build_task(config, process_index, process_count)
+  raise ValueError(f"config.model.name={config.model.name!r}: expected 'vit', 'swin', 'resnet', "
+                   "'t5' or 'gpt'")

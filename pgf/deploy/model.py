@@ -149,8 +149,12 @@ def abstract_model(config):
     vocab = text_tasks.model_vocab_size(config, text_tasks.build_tokenizer(config.data))
     model = text_tasks.t5_model(config, vocab)
     inputs = (jnp.ones((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32))
+  elif name == "gpt":
+    from pgf import lm_family  # pylint: disable=g-import-not-at-top
+    return lm_family.abstract_model(config)
   else:
-    raise ValueError(f"config.model.name={name!r}: expected 'vit', 'swin', 'resnet' or 't5'")
+    raise ValueError(f"config.model.name={name!r}: expected 'vit', 'swin', 'resnet', 't5' or "
+                     "'gpt'")
   params = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, *inputs,
                                              train=False)["params"])
   return model, params, inputs
