@@ -2,7 +2,8 @@ r"""Decoder-only LM (GPT-2 small geometry, SwiGLU, RoPE) on lm1b with every FF k
 
 The FF kernels (mlp/gate, up, down of all 12 layers) at 1:4, grouped along their input axis;
 attention, embedding (tied to the logits) and norms dense. MDGF-Exp by default (`:method=sr_ste`,
-`dense`, `mdgf_linear`, `sdgf_stepwise`, `sdgf_geometric`, ...). 124M parameters; rows of 256
+`dense`, `mdgf_linear`, `sdgf_stepwise`, `sdgf_geometric`, ...). 110M parameters with the 32k
+vocabulary (124M with GPT-2's 50,304 ids, `--config.model.vocab_size=50304`); rows of 256
 SentencePiece tokens packed from lm1b sentences, batch 256, 100k steps, AdamW 6e-4 cosine, 5% dense
 steps first and the last 10% on the final hard mask. Eval: bits per byte of lm1b's test split.
 

@@ -36,6 +36,17 @@ LM_FF = r"layers_\d+/mlp/(gate|up|down|fc1|fc2)/kernel"
 LM_QK = r"layers_\d+/attention/(query|key)/kernel"
 LM_QKV = r"layers_\d+/attention/(query|key|value)/kernel"
 SHAKESPEARE = "shakespeare"
+# Megatron-style: Q/K/V, gate/up (and fc1) column-parallel over "model", out/down (fc2)
+# row-parallel; the contracting axes split over "fsdp" / "model" must stay multiples of M.
+SHARDING_RULES = (
+    (r"mlp/(gate|up|fc1)/kernel$", "fsdp,model"),
+    (r"mlp/(down|fc2)/kernel$", "model,fsdp"),
+    (r"attention/(query|key|value)/kernel$", "fsdp,model"),
+    (r"attention/out/kernel$", "model,fsdp"),
+    (r"embed/embedding$", "model,fsdp"),
+    (r"lm_head/kernel$", "fsdp,model"),
+    (r".*", "fsdp"),
+)
 VOCAB_MULTIPLE = 128
 # The CPU demo and research-grid model: 4 layers, width 128, SwiGLU 384; 0.85M parameters with
 # the byte vocabulary (259 ids padded to 384).
@@ -52,6 +63,10 @@ def lm_rules(ff: str | None, qk: str | None = None, qkv: str | None = None):
   elif qk:
     rules.append((LM_QK, qk))
   return tuple(rules)
+
+
+def rules(ff: str | None, qk: str | None = None, qkv: str | None = None):
+  return lm_rules(ff, qk, qkv)
 
 
 def lm_config(ff: str | None = "1:16", qk: str | None = None, qkv: str | None = None,
@@ -80,7 +95,7 @@ def lm_config(ff: str | None = "1:16", qk: str | None = None, qkv: str | None = 
   config.async_checkpointing = True
   config.init_from = ""
   config.noise_every = 0
-  config_lib.add_sharding(config)
+  config_lib.add_sharding(config, rules=SHARDING_RULES)
   config.total_epochs = 0.0
   # tokenizer: "byte", or a SentencePiece model (`python -m pgf.data.lm --vocab=PATH` builds the
   # 32k one model.vocab_size assumes; 32,000 is a multiple of 128 already).
@@ -272,3 +287,53 @@ def build_task(config, process_index: int = 0, process_count: int = 1) -> Task:
             "bytes": jnp.sum(byte_table[targets] * weights)}
 
   return Task("lm", model, source, source, example, "inputs", loss_fn, eval_fn, init_fn)
+
+
+gpt_config = lm_config  # the family's config builder under its model name
+
+
+# ----------------------------------------------------------------------------- FLOPs, benchmarks
+def matmuls(config, input_length: int | None = None, **unused):
+  """The matmuls of the config's GPT on one sequence of `data.seq_len` (or `input_length`)
+  tokens (pgf.analysis.flops): causal attention is counted over the full L x L scores."""
+  from pgf.analysis import flops  # pylint: disable=g-import-not-at-top
+  from pgf.models import gpt  # pylint: disable=g-import-not-at-top
+  m = config.model
+  vocab = m.get("vocab_size") or vocab_size(config, build_tokenizer(config.data))
+  c = gpt.get_config(m.variant, vocab, mlp=m.get("mlp", "swiglu"),
+                     **{k: m.get(k) for k in gpt.SIZE_FIELDS if m.get(k) is not None})
+  length = int(input_length or config.data.seq_len)
+  inner = c.num_heads * c.head_dim
+  out = []
+  for i in range(c.num_layers):
+    prefix = f"layers_{i}"
+    for name in ("query", "key", "value"):
+      out.append(flops.Matmul(f"{prefix}/attention/{name}/kernel", "attention", length,
+                              c.emb_dim, inner))
+    out += [flops.Matmul(f"{prefix}/attention/scores", "attention", length, inner, length, False),
+            flops.Matmul(f"{prefix}/attention/weighted_sum", "attention", length, length, inner,
+                         False),
+            flops.Matmul(f"{prefix}/attention/out/kernel", "attention", length, inner, c.emb_dim)]
+    ups = ("fc1",) if c.mlp == "gelu" else ("gate", "up")
+    out += [flops.Matmul(f"{prefix}/mlp/{name}/kernel", "mlp", length, c.emb_dim, c.mlp_dim)
+            for name in ups]
+    out.append(flops.Matmul(f"{prefix}/mlp/{'fc2' if c.mlp == 'gelu' else 'down'}/kernel", "mlp",
+                            length, c.mlp_dim, c.emb_dim))
+  head = "embed/embedding" if c.tied_embeddings else "lm_head/kernel"
+  out.append(flops.Matmul(head, "head", length, c.emb_dim, c.vocab_size))
+  return tuple(out)
+
+
+def flops_header(config, matmul_list, **unused):
+  length = matmul_list[0].rows
+  return (f"GPT {config.model.get('variant', 'small')}: {length} tokens per sequence",
+          [("sequence", 1.0), ("token", float(length))])
+
+
+def bench_inputs(config, batch: int, image_size: int = 0, variant: str = ""):
+  """(init_fn, loss_fn, batch, description) from the config's own task and its first batch."""
+  del image_size, variant
+  config.batch_size = batch
+  task = build_task(config)
+  return (task.init_fn, task.loss_fn, task.train_source.train_batch(0),
+          f"{config.model.variant}, batch {batch} x {config.data.seq_len} tokens")
