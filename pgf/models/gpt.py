@@ -28,7 +28,7 @@ matches, so what pgf measures on this model transfers. At 8/3 of the width (roun
 256) it has the parameter count of GPT-2's 4x GELU MLP; `mlp="gelu"` gives that GPT-2 MLP for a
 like-for-like GPT-2 comparison. Output logits are tied to the embedding by default (GPT-2).
 
-Sizes (`VARIANTS`): "demo" (0.9M parameters with the byte vocabulary, a CPU demo), "small" (GPT-2
+Sizes (`VARIANTS`): "demo" (0.37M parameters with the byte vocabulary, a CPU demo), "small" (GPT-2
 small's geometry: 12 layers, width 768, 12 heads; 124M parameters with GPT-2's 50,304-id padded
 vocabulary), "medium" (24 layers, width 1024, 16 heads; 360M, near GPT-2 medium's 355M).
 
@@ -73,7 +73,7 @@ class GPTConfig:
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "demo": dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=384, num_layers=4),
+    "demo": dict(emb_dim=96, num_heads=3, head_dim=32, mlp_dim=256, num_layers=3),
     "small": dict(emb_dim=768, num_heads=12, head_dim=64, mlp_dim=2048, num_layers=12),
     "medium": dict(emb_dim=1024, num_heads=16, head_dim=64, mlp_dim=2816, num_layers=24),
 }
