@@ -18,8 +18,8 @@ steps first and the last 10% on the final hard mask. Eval: bits per byte of lm1b
   python -m pgf.generate --workdir=/tmp/lm_1_8_demo --prompt="ROMEO:" --compressed
 """
 
-from pgf import lm_family
+from pgf.families import gpt
 
 
 def get_config(arg=None):
-  return lm_family.lm_config(ff="1:8", arg=arg)
+  return gpt.gpt_config(ff="1:8", arg=arg)

@@ -10,8 +10,8 @@ As configs/lm_1_8.py, plus the query, key and value kernels of all 12 attention 
   python -m pgf.generate --workdir=/tmp/lm_qkv_demo --prompt="ROMEO:" --compressed
 """
 
-from pgf import lm_family
+from pgf.families import gpt
 
 
 def get_config(arg=None):
-  return lm_family.lm_config(ff="1:8", qkv="1:8", arg=arg)
+  return gpt.gpt_config(ff="1:8", qkv="1:8", arg=arg)

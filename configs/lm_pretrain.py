@@ -13,8 +13,8 @@ its newest checkpoint's params through `--config.init_from`.
       --config.init_from=/tmp/lm_pretrain_demo
 """
 
-from pgf import lm_family
+from pgf.families import gpt
 
 
 def get_config(arg=None):
-  return lm_family.lm_config(pretrain=True, arg=arg)
+  return gpt.gpt_config(pretrain=True, arg=arg)

@@ -37,7 +37,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 
 import pgf  # pylint: disable=g-import-not-at-top
 from pgf import deploy  # pylint: disable=g-import-not-at-top
-from pgf import lm_family  # pylint: disable=g-import-not-at-top
+from pgf.families import gpt as lm_family  # pylint: disable=g-import-not-at-top
 from pgf.models import gpt  # pylint: disable=g-import-not-at-top
 from bench_deploy import impls_here, time_interleaved  # pylint: disable=g-import-not-at-top
 

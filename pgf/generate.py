@@ -32,7 +32,7 @@ import pgf
 
 def load_model(workdir: str, step: int | None = None):
   """(config, model, tokenizer, recipe, raw params, masks, step) of a GPT training run."""
-  from pgf import lm_family  # pylint: disable=g-import-not-at-top
+  from pgf.families import gpt as lm_family  # pylint: disable=g-import-not-at-top
   from pgf.analysis import runs  # pylint: disable=g-import-not-at-top
   config = runs.load_config(workdir)
   name = config.model.get("name")
@@ -137,7 +137,7 @@ def main(argv: Sequence[str]) -> None:
         print("-" * 72)
         print(f.prompt + tokenizer.decode(row))
     if f.score:
-      from pgf import lm_family  # pylint: disable=g-import-not-at-top
+      from pgf.families import gpt as lm_family  # pylint: disable=g-import-not-at-top
       task = lm_family.build_task(config)
       rows = [("finalized dense", dense)]
       if recipe.rules:

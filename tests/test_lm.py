@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 import pgf
-from pgf import config_lib, deploy, generate, lm_family
+from pgf import deploy, generate
+from pgf.families import gpt as lm_family
+from pgf.train import config_lib
 from pgf.data import lm as lm_data
 from pgf.data.tokenizers import ByteTokenizer
 from pgf.models import gpt

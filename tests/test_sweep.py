@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from pgf import config_lib, lm_family
+from pgf.families import gpt as gpt_family
+from pgf.families import t5 as t5_family
+from pgf.train import config_lib
 from pgf.train import preflight
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,11 +58,11 @@ def test_full_grids_are_the_issue_grids_and_every_cell_passes_preflight(name):
       assert config.sparsity.method == cell.method and config.noise_every > 0
       if name == "t5_shakespeare_qkv":
         assert [r[1] for r in config.sparsity.rules] == ["1:8", cell.pattern]
-        assert config.sparsity.rules[1][0] == config_lib.T5_QKV
+        assert config.sparsity.rules[1][0] == t5_family.T5_QKV
         assert config.init_from == os.path.join(sweep.T5_SHARED_RUNS, f"pretrain_s{cell.seed}")
       elif name == "lm_shakespeare_qkv":
         assert [r[1] for r in config.sparsity.rules] == ["1:8", cell.pattern]
-        assert config.sparsity.rules[1][0] == lm_family.LM_QKV
+        assert config.sparsity.rules[1][0] == gpt_family.LM_QKV
       else:
         assert [r[1] for r in config.sparsity.rules] == [cell.pattern]
     # Model-dependent checks (rule fit, SDGF stages) need the params; preflight has them.

@@ -10,7 +10,7 @@ The loss is next-token cross-entropy over every real target token (pad id 0 mask
 spell (`pgf.data.lm.byte_counts`; EOS spells none, so packed documents' ends cost bits but add no
 bytes). Bits per byte compares models across tokenizers; for bytes it is the loss in bits.
 
-The sparsity rules (`lm_rules`): FF = `layers_\\d+/mlp/(gate|up|down|fc1|fc2)/kernel`, QK = the
+The sparsity rules (`lm_rules`, also `rules`): FF = `layers_\\d+/mlp/(gate|up|down|fc1|fc2)/kernel`, QK = the
 query and key kernels, QKV = query, key and value; the attention output projection, embedding
 (tied to the logits) and norms stay dense. Every kernel is 2-D and grouped along its input axis 0.
 """
@@ -26,8 +26,8 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
-from pgf import config_lib
-from pgf.task_base import Task
+from pgf.train import config_lib
+from pgf.train.task_base import Task
 
 log = logging.getLogger(__name__)
 
