@@ -149,21 +149,23 @@ def test_configs_validate_and_bad_fields_are_named():
     assert any(p.startswith(field) for p in problems), (field, problems)
 
 
-def tiny_run(tmp_path, method="sr_ste", config="lm_1_8_qkv_1_8.py"):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """(summary, workdir) of one tiny FF 1:8 + QKV 1:8 SR-STE run, shared by the tests below."""
   from pgf.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
-  config = config_lib.load(os.path.join(ROOT, "configs", config) + ":demo")
+  config = config_lib.load(os.path.join(ROOT, "configs", "lm_1_8_qkv_1_8.py:demo"))
   config.model.update(**TINY)
   config.data.update(seq_len=32, num_eval_examples=8)
   config.update(batch_size=8, eval_batch_size=8, total_steps=6, log_every=3, eval_every=0,
                 checkpoint_every=6, async_checkpointing=False)
-  config.sparsity.method = method
+  config.sparsity.method = "sr_ste"
   config.optim.warmup_steps = 1
-  workdir = str(tmp_path / "run")
+  workdir = str(tmp_path_factory.mktemp("lm") / "run")
   return train_and_evaluate(config, workdir), workdir
 
 
-def test_train_then_compressed_decoding_equals_the_finalized_model(tmp_path):
-  summary, workdir = tiny_run(tmp_path)
+def test_train_then_compressed_decoding_equals_the_finalized_model(trained, tmp_path):
+  summary, workdir = trained
   assert summary["final_step"] == 6
   assert 0 < summary["deployed_bits_per_byte"] < 12
   config, model, tokenizer, recipe, params, masks, step = generate.load_model(workdir)
@@ -190,8 +192,8 @@ def test_train_then_compressed_decoding_equals_the_finalized_model(tmp_path):
   assert scored["bits_per_byte"] == pytest.approx(summary["deployed_bits_per_byte"], rel=1e-4)
 
 
-def test_generate_command_prints_text_and_refuses_bad_input(tmp_path):
-  _, workdir = tiny_run(tmp_path, config="lm_1_16.py")
+def test_generate_command_prints_text_and_refuses_bad_input(trained):
+  _, workdir = trained
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   run = lambda *flags: subprocess.run([sys.executable, "-m", "pgf.generate", f"--workdir={workdir}",
                                        *flags], capture_output=True, text=True, env=env,
