@@ -10,13 +10,12 @@
 * README.md stays a front page: at most 250 lines, with the exact test command .ci/run runs.
 """
 
-import contextlib
+import fnmatch
 import importlib
-import io
+import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -46,20 +45,36 @@ def _chains():
 CHAINS = _chains()
 
 
-@pytest.mark.parametrize("chain", CHAINS, ids=[c[0].id for c in CHAINS])
-def test_python_example(chain, tmp_path, monkeypatch):
-  monkeypatch.chdir(tmp_path)               # examples may write files: keep them out of the repo
-  monkeypatch.syspath_prepend(REPO)
-  namespace = {"__name__": "__doc_example__"}
+RUN = [c for c in CHAINS if c[0].directive != "compile-only"]
+COMPILE_ONLY = [c for c in CHAINS if c[0].directive == "compile-only"]
+
+
+@pytest.fixture(scope="module")
+def example_results():
+  """Runs every runnable chain once, in one child process (see tests/docs_examples_child.py)."""
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+             JAX_PLATFORMS="cpu",
+             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"))
+  todo = [[[b.id, b.code] for b in chain] for chain in RUN]
+  r = subprocess.run([sys.executable, os.path.join(REPO, "tests", "docs_examples_child.py")],
+                     input=json.dumps(todo), capture_output=True, text=True, env=env,
+                     timeout=900, check=False)
+  assert "@@RESULTS@@" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+  return dict(zip([c[0].id for c in RUN], json.loads(r.stdout.split("@@RESULTS@@")[-1])))
+
+
+@pytest.mark.parametrize("chain", RUN, ids=[c[0].id for c in RUN])
+def test_python_example_runs(chain, example_results):
+  error = example_results[chain[0].id]
+  assert not error, f"{chain[0].id} failed:\n{error}"
+
+
+@pytest.mark.parametrize("chain", COMPILE_ONLY, ids=[c[0].id for c in COMPILE_ONLY])
+def test_python_example_that_cannot_run_here_compiles(chain):
+  assert chain[0].reason.strip(), (
+      f"{chain[0].id}: say why it cannot run: <!-- doctest: compile-only: <why> -->")
   for block in chain:
-    code = compile(block.code, block.id, "exec")
-    if block.directive == "compile-only" or (chain[0].directive == "compile-only"):
-      assert (block.reason or chain[0].reason).strip(), (
-          f"{block.id}: say why it cannot run: <!-- doctest: compile-only: <why> -->")
-      continue
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-      exec(code, namespace)  # pylint: disable=exec-used
+    compile(block.code, block.id, "exec")
 
 
 def test_examples_are_collected():
@@ -80,14 +95,31 @@ def test_bash_blocks_parse():
   assert not bad, "\n".join(bad)
 
 
+# Command lines that must NOT parse: they prove the check can fail (a misspelt config field,
+# flag and grid name).
+MUST_FAIL = [
+    {"target": "pgf.main", "args": ["--config=configs/vit_1_16.py:demo", "--workdir=/tmp/x",
+                                    "--config.optim.lrr=1e-3"]},
+    {"target": "pgf.main", "args": ["--config=configs/vit_1_16.py:demo", "--workdirr=/tmp/x"]},
+    {"target": "experiments/sweep.py", "args": ["--grid=no_such_grid", "--out=/tmp/x"]},
+]
+
+
 def test_documented_commands_parse_with_their_real_flags():
   cmds = doc_examples.commands()
   targets = {c.target for c in cmds}
   assert len(cmds) >= 30 and {"pgf.main", "pgf.deploy", "experiments/sweep.py"} <= targets, targets
+  bad = []
   for c in cmds:
     if c.target.endswith(".py"):
-      assert os.path.isfile(os.path.join(REPO, c.target)), f"{c.id}: no such script"
-  todo = [{"target": c.target, "args": c.args} for c in cmds]
+      if not os.path.isfile(os.path.join(REPO, c.target)):
+        bad.append(f"{c.id}: no such script")
+    elif importlib.util.find_spec(c.target) is None:
+      bad.append(f"{c.id}: no such module")
+  assert not bad, "\n".join(bad)
+  # A bare `python -m pgf.main` names the program; only command lines with arguments are parsed.
+  cmds = [c for c in cmds if c.args]
+  todo = [{"target": c.target, "args": c.args} for c in cmds] + MUST_FAIL
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
              JAX_PLATFORMS="cpu")
   r = subprocess.run([sys.executable, os.path.join(REPO, "tests", "docs_cli_child.py")],
@@ -95,6 +127,8 @@ def test_documented_commands_parse_with_their_real_flags():
                      timeout=300, check=False)
   assert "@@RESULTS@@" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
   errors = json.loads(r.stdout.split("@@RESULTS@@")[-1])
+  must_fail, errors = errors[len(cmds):], errors[:len(cmds)]
+  assert all(must_fail), f"the flag check accepted a wrong command line: {must_fail}"
   bad = [f"{c.id}\n    {c.target} {' '.join(c.args)}\n    -> {e}" for c, e in zip(cmds, errors) if e]
   assert not bad, "\n".join(bad)
 
@@ -154,13 +188,23 @@ def test_relative_links_resolve_for_a_github_reader():
 REPO_PATH = re.compile(r"^(?:pgf|configs|experiments|tests|docs|\.ci)/[\w./-]*$")
 
 
+def _ignored(token):
+  """Paths .gitignore keeps out of the repository (e.g. a grid's runs/) are named, not shipped."""
+  with open(os.path.join(REPO, ".gitignore"), encoding="utf-8") as f:
+    patterns = [p.strip() for p in f if p.strip() and not p.startswith("#")]
+  full = "/" + token
+  return any(fnmatch.fnmatch(full, p if p.startswith("/") else "*/" + p) or
+             fnmatch.fnmatch(full.rstrip("/") + "/", p) for p in patterns)
+
+
 def test_repo_paths_named_in_the_text_exist():
   bad = []
   for path in doc_examples.doc_files():
     for span in doc_examples._inline_spans(path):  # pylint: disable=protected-access
       for token in span.split():
         token = token.rstrip(".,;:)")
-        if REPO_PATH.match(token) and not os.path.exists(os.path.join(REPO, token)):
+        if (REPO_PATH.match(token) and not os.path.exists(os.path.join(REPO, token))
+            and not _ignored(token)):
           bad.append(f"{path}: `{span}`")
   assert not bad, "\n".join(sorted(set(bad)))
 

@@ -21,7 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DOCS = os.path.join(REPO, "docs")
 PREFIX = "repo"
 LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s#]+)(#[^)\s]*)?(\))")
-API = re.compile(r"<!--\s*pgf-api:\s*([\w.]+)\s*-->")
+API = re.compile(r"^<!--\s*pgf-api:\s*([\w.]+)\s*-->\s*$", re.M)
 FENCE = re.compile(r"^(```|~~~)")
 
 
@@ -51,9 +51,7 @@ def on_files(files, config):
         if os.path.isfile(os.path.join(REPO, path)):
           wanted.add(path)
   for path in sorted(wanted):
-    f = File(path, src_dir=REPO, dest_dir=config["site_dir"],
-             use_directory_urls=config["use_directory_urls"])
-    f.src_uri = f"{PREFIX}/{path}"  # recomputes dest and url under repo/
+    f = File.generated(config, f"{PREFIX}/{path}", abs_src_path=os.path.join(REPO, path))
     if f.is_documentation_page():
       f.inclusion = InclusionLevel.NOT_IN_NAV
     files.append(f)
@@ -105,4 +103,4 @@ def on_page_markdown(markdown, page, config, files):
       mods = _modules(pkg)
     return "\n\n".join(f"::: {mod}" for mod in mods)
 
-  return API.sub(api, markdown)
+  return API.sub(api, markdown) if src_uri.startswith("api/") else markdown
