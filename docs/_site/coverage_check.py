@@ -25,8 +25,9 @@ def norm(s):
 
 
 def strip_links(s):
-  """Link targets change when text moves between pages; compare the link text only."""
-  return re.sub(r"\]\([^)]*\)", "]", s)
+  """Link targets change when text moves between pages, and a bold lead-in ("**Format.** ...")
+  may have become the section's heading; compare the link text and what follows the lead-in."""
+  return re.sub(r"^\*\*[^*]+\*\*\s*", "", re.sub(r"\]\([^)]*\)", "]", s.strip()))
 
 
 def split(text):
@@ -72,7 +73,7 @@ def main():
   print(f"images: {len(o_images) - len(lost_images)} of {len(o_images)} shown"
         + (f"; missing: {lost_images}" if lost_images else ""))
   failed = bool(lost_images)
-  new_flat = norm(strip_links(new))
+  new_flat = norm(re.sub(r"\]\([^)]*\)", "]", new))
   for kind, items, strict in (("table rows", o_rows, True), ("code lines", o_code, False),
                               ("sentences", o_sent, False)):
     missing = [x for x in items if norm(strip_links(x)) not in new_flat]
