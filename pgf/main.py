@@ -44,7 +44,8 @@ def exit_status(summary) -> int:
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
-  from pgf import distributed, train  # pylint: disable=g-import-not-at-top
+  from pgf import train  # pylint: disable=g-import-not-at-top
+  from pgf.train import distributed  # pylint: disable=g-import-not-at-top
   try:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   except ValueError as e:

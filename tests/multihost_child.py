@@ -3,7 +3,7 @@
   PGF_COORDINATOR_ADDRESS=127.0.0.1:PORT PGF_NUM_PROCESSES=2 PGF_PROCESS_ID=0 \
       JAX_PLATFORMS=cpu JAX_NUM_CPU_DEVICES=4 python tests/multihost_child.py SPEC_JSON
 
-The job is set up exactly as `python -m pgf.main` does it (`pgf.distributed.initialize` from the
+The job is set up exactly as `python -m pgf.main` does it (`pgf.train.distributed.initialize` from the
 environment, `pgf.main.exit_status` for the exit status); without the coordinator variables it
 is a single process. SPEC_JSON: {"config": "configs/vit_1_16.py:demo", "workdir": ...,
 "overrides": {"a.b": value}} plus optional faults, each firing on the processes listed in
@@ -53,11 +53,13 @@ def main():
   faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints where a hung process is
   logging.basicConfig(level=logging.INFO,
                       format="%(relativeCreated)6.0fms %(levelname)s %(message)s")
-  from pgf import distributed  # pylint: disable=g-import-not-at-top
+  from pgf.train import distributed  # pylint: disable=g-import-not-at-top
   distributed.initialize()
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from pgf import config_lib, main as pgf_main, train  # pylint: disable=g-import-not-at-top
+  from pgf import main as pgf_main  # pylint: disable=g-import-not-at-top
+  from pgf.train import loop as train  # pylint: disable=g-import-not-at-top
+  from pgf.train import config_lib  # pylint: disable=g-import-not-at-top
 
   config = config_lib.load(os.path.join(ROOT, spec["config"]))
   config_lib.apply_overrides(config, spec.get("overrides", {}))

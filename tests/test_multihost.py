@@ -161,7 +161,7 @@ def final_params(workdir) -> dict:
 def final_masks(params: dict) -> dict:
   """The N:M masks of the final step, computed on this process's single device."""
   import pgf  # pylint: disable=import-outside-toplevel
-  from pgf import config_lib  # pylint: disable=import-outside-toplevel
+  from pgf.train import config_lib  # pylint: disable=import-outside-toplevel
   from pgf.train import build_recipe  # pylint: disable=import-outside-toplevel
   config = config_lib.load(os.path.join(ROOT, VIT["config"]))
   config_lib.apply_overrides(config, VIT["overrides"])
@@ -211,7 +211,7 @@ def stopped_steps(job) -> list:
 
 # ----------------------------------------------------------------------------- in this process
 def test_plan_from_flags_and_environment():
-  from pgf.distributed import plan  # pylint: disable=import-outside-toplevel
+  from pgf.train.distributed import plan  # pylint: disable=import-outside-toplevel
   assert plan({}) is None  # one process: nothing to initialise
   explicit = {"coordinator_address": "10.0.0.2:1234", "num_processes": 4, "process_id": 3}
   assert plan({"PGF_COORDINATOR_ADDRESS": "10.0.0.2:1234", "PGF_NUM_PROCESSES": "4",
@@ -240,7 +240,7 @@ def test_plan_from_flags_and_environment():
      ["--process_id=2 is not below --num_processes=2"]),
 ])
 def test_incomplete_or_bad_settings_name_what_is_missing(environ, flags, fragments):
-  from pgf.distributed import plan  # pylint: disable=import-outside-toplevel
+  from pgf.train.distributed import plan  # pylint: disable=import-outside-toplevel
   with pytest.raises(ValueError) as info:
     plan(environ, **flags)
   for fragment in fragments:
@@ -248,8 +248,8 @@ def test_incomplete_or_bad_settings_name_what_is_missing(environ, flags, fragmen
 
 
 def test_one_process_agrees_with_itself():
-  from pgf import multihost  # pylint: disable=import-outside-toplevel
-  from pgf.checkpointing import agreed_newest_step  # pylint: disable=import-outside-toplevel
+  from pgf.train import multihost  # pylint: disable=import-outside-toplevel
+  from pgf.train.checkpointing import agreed_newest_step  # pylint: disable=import-outside-toplevel
   assert multihost.agree_max(True) == 1 and multihost.agree_min(False) == 0
   assert multihost.start_max(7).result() == 7
   assert agreed_newest_step([3, 6, 9]) == 9 and agreed_newest_step([3, 6, 9], below=9) == 6
@@ -260,7 +260,7 @@ def test_init_from_reads_only_the_params_and_checks_they_fit(tmp_path):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
-  from pgf.checkpointing import Checkpointer  # pylint: disable=import-outside-toplevel
+  from pgf.train.checkpointing import Checkpointer  # pylint: disable=import-outside-toplevel
   from pgf.train import _init_params_from  # pylint: disable=import-outside-toplevel
   source = tmp_path / "pre-training"
   checkpointer = Checkpointer(str(source), async_save=False)
