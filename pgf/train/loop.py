@@ -186,7 +186,7 @@ def _train_and_evaluate(config, workdir: str, stop: dict[str, Any]) -> dict[str,
   if "://" in workdir:  # os.path would turn gs://b/run into a local ./gs:/b/run
     raise ValueError(f"--workdir={workdir!r}: pgf reads and writes the workdir as a local path; "
                      "mount the bucket with Cloud Storage FUSE on every host and pass the mount "
-                     "path, e.g. /gcs/BUCKET/run (README, 'Cloud TPU VM')")
+                     "path, e.g. /gcs/BUCKET/run (docs/cloud_tpu.md)")
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   process_index, process_count = jax.process_index(), jax.process_count()
