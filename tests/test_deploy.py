@@ -287,3 +287,154 @@ def test_bench_smoke(capsys):
   bench_deploy.main(["--smoke"])
   out = capsys.readouterr().out
   assert "| 64x32 | 1:4 | float32 | 1 |" in out and "| float32 | 8 |" in out
+
+
+# ===================================================================== round 2 (issue 28)
+def test_round2_dense_general_with_descending_axes():
+  """Finding 4: Flax sorts DenseGeneral's axes; the interceptor now does too (equal sizes gave
+  wrong numbers, unequal sizes an error)."""
+  for shape, axis in (((3, 4, 4), (-1, -2)), ((3, 4, 8), (2, 1))):
+    x = jnp.asarray(kernel(shape, seed=1))
+    layer = nn.DenseGeneral(6, axis=axis)
+    params = layer.init(jax.random.key(0), x)["params"]
+    assert params["kernel"].shape == (shape[1], shape[2], 6)
+    params = dict(params, bias=params["bias"] + 0.5)
+    k = deploy.from_dense(params["kernel"], 1, 4, (0, 1))
+    want = layer.apply({"params": dict(params, kernel=k.dense())}, x)
+    with deploy.intercept():
+      got = layer.apply({"params": dict(params, kernel=k)}, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_round2_save_load_returns_the_tree_exactly(tmp_path):
+  """Finding 5: scalars keep shape (), lists and tuples stay lists and tuples, keys with '/'
+  and int keys come back as they were."""
+  tree = {"scale": np.float32(2.5), "count": np.asarray(7, np.int32),
+          "layers": [{"kernel": deploy.from_dense(kernel((8, 4)), 1, 4, 0)},
+                     {"kernel": kernel((8, 4), seed=2)}],
+          "pair": (np.zeros(3, np.float32), np.ones((), np.float32)),
+          "a/b": {"kernel": kernel((4, 2), seed=3)}, "a": {"b": {"kernel": kernel((4, 2))}},
+          "by_id": {0: np.arange(3.0), 1: np.arange(2.0)}, "100%": np.ones(2)}
+  path = str(tmp_path / "t.safetensors")
+  deploy.save(path, tree)
+  got = deploy.load(path, as_jax=False)
+  assert jax.tree.structure(got, is_leaf=deploy.is_compressed) == jax.tree.structure(
+      tree, is_leaf=deploy.is_compressed)
+  for want, have in zip(jax.tree.leaves(tree, is_leaf=deploy.is_compressed),
+                        jax.tree.leaves(got, is_leaf=deploy.is_compressed)):
+    if deploy.is_compressed(want):
+      np.testing.assert_array_equal(have.dense(), want.dense())
+    else:
+      assert np.shape(have) == np.shape(want) and np.asarray(have).dtype == np.asarray(want).dtype
+      np.testing.assert_array_equal(have, want)
+  # A Flax model accepts the reloaded scalar param (it used to come back with shape (1,)).
+  class Scaled(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return x * self.param("scale", lambda _: jnp.float32(1.0))
+  out = Scaled().apply({"params": {"scale": got["scale"]}}, jnp.ones(2))
+  np.testing.assert_array_equal(out, [2.5, 2.5])
+
+
+def _flip_byte(path, tensor):
+  """Flips one byte inside `tensor`'s data in a safetensors file."""
+  with open(path, "rb") as f:
+    data = bytearray(f.read())
+  size = int.from_bytes(data[:8], "little")
+  meta = json.loads(data[8:8 + size])
+  start, _ = meta[tensor]["data_offsets"]
+  data[8 + size + start] ^= 0x10
+  with open(path, "wb") as f:
+    f.write(bytes(data))
+
+
+@pytest.mark.parametrize("part", ["values", "indices"])
+def test_round2_a_flipped_byte_is_an_error_in_load_and_verify(tmp_path, part):
+  """Finding 5: the header's sha256 per tensor catches any changed byte (before, flipped
+  values loaded silently and --verify exited 0)."""
+  path = str(tmp_path / "m.safetensors")
+  deploy.save(path, {"fc": {"kernel": deploy.from_dense(kernel((16, 8)), 1, 4, 0),
+                            "bias": np.zeros(8, np.float32)}})
+  deploy.load(path)
+  _flip_byte(path, f"fc/kernel/{part}")
+  with pytest.raises(ValueError, match=rf"tensor 'fc/kernel/{part}' does not match its sha256"):
+    deploy.load(path)
+  result = subprocess.run([sys.executable, "-m", "pgf.deploy", f"--verify={path}"], cwd=ROOT,
+                          capture_output=True, text=True, env=ENV, timeout=300)
+  assert result.returncode != 0 and "does not match its sha256" in result.stderr
+
+
+def test_round2_files_of_the_first_format_still_load():
+  """A file written by the previous pgf (pgf-nm-v1, no digests), committed as a fixture."""
+  path = os.path.join(ROOT, "tests", "data", "deploy_v1.safetensors")
+  assert deploy.read_header(path)["format"] == "pgf-nm-v1"
+  got = deploy.load(path, as_jax=False)
+  rng = np.random.default_rng(0)  # how the fixture was made
+  w = rng.normal(size=(16, 8)).astype(np.float32)
+  conv = rng.normal(size=(3, 3, 4, 8)).astype(np.float32)
+  bias = rng.normal(size=(8,)).astype(np.float32)
+  head = rng.normal(size=(8, 3)).astype(np.float32)
+  np.testing.assert_array_equal(got["fc"]["kernel"].dense(), masked(w, 2, 4, 0))
+  np.testing.assert_array_equal(got["conv"]["kernel"].dense(), masked(conv, 1, 4, (0, 1, 2)))
+  np.testing.assert_array_equal(got["fc"]["bias"], bias)
+  np.testing.assert_array_equal(got["head"]["kernel"], head)
+  out = run_cli(f"--verify={path}")
+  assert "2 N:M kernels verified" in out and "no digests" in out
+
+
+def test_round2_damaged_or_foreign_files_give_pgf_errors(tmp_path):
+  """Finding 9: truncated, random, .npz and wrong-header files name the problem."""
+  good = str(tmp_path / "good.safetensors")
+  deploy.save(good, {"fc": {"kernel": deploy.from_dense(kernel((16, 8)), 1, 4, 0)}})
+  with open(good, "rb") as f:
+    data = f.read()
+  cases = {}
+  cases["truncated"] = data[:len(data) - 20]
+  cases["random"] = np.random.default_rng(0).bytes(500)
+  npz = tmp_path / "x.npz"
+  np.savez(npz, a=np.ones(3))
+  cases["npz"] = npz.read_bytes()
+  from safetensors.numpy import save_file
+  for name, meta in (("no_header", None), ("bad_json", {"pgf": "{not json"}),
+                     ("wrong_format", {"pgf": json.dumps({"format": "other", "kernels": {}})}),
+                     ("bad_kernel", {"pgf": json.dumps({"format": "pgf-nm-v1",
+                                                        "kernels": {"k": {"n": 1}}})})):
+    path = tmp_path / f"{name}.safetensors"
+    save_file({"k/values": np.ones((1, 1, 1), np.float32)}, str(path), metadata=meta)
+    cases[name] = path.read_bytes()
+  for name, content in cases.items():
+    path = tmp_path / f"case_{name}.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"{path.name}"):
+      deploy.load(str(path))
+  with pytest.raises(ValueError, match="no such file"):
+    deploy.load(str(tmp_path / "missing.safetensors"))
+
+
+class _ScanBlock(nn.Module):
+  @nn.compact
+  def __call__(self, h, _):
+    return h + nn.Dense(8, name="fc")(h), None
+
+
+class _ScanModel(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    h, _ = nn.scan(_ScanBlock, variable_axes={"params": 0}, split_rngs={"params": True},
+                   length=2)(name="layers")(x, None)
+    return h
+
+
+def test_round2_scanned_model_from_compressed_params_says_densify():
+  """Finding 9: nn.scan slices a compressed kernel; the error now says to densify."""
+  model = _ScanModel()
+  x = jnp.asarray(kernel((3, 8)))
+  params = model.init(jax.random.key(0), x)["params"]
+  recipe = pgf.Recipe("ste", rules=((r"layers/fc/kernel", "1:4", {"axis": 1}),))
+  compressed = deploy.compress_params(params, recipe)
+  with pytest.raises(ValueError, match=r"nn.scan.*pgf.deploy.densify"):
+    with deploy.intercept():
+      model.apply({"params": compressed}, x)
+  want = model.apply({"params": pgf.finalize(params, recipe)}, x)
+  got = model.apply({"params": deploy.densify(compressed)}, x)
+  np.testing.assert_allclose(got, want, rtol=1e-6)

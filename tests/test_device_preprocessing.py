@@ -118,8 +118,9 @@ def test_bf16_compute_matches_float32_and_deploys_exact_nm():
   recipe = build_recipe(tiny_demo(), 4)
   batch = f32.train_source.train_batch(0)
   grads = {}
+  at_2 = pgf.at_step(pgf.gradient_flow(recipe).init(params), 2)  # the forward of step 2
   for name, task in (("f32", f32), ("bf16", bf16)):
-    loss_fn = lambda p, t=task: t.loss_fn(pgf.sparsify(p, recipe, 2), batch,
+    loss_fn = lambda p, t=task: t.loss_fn(pgf.sparsify(p, recipe, at_2), batch,
                                           jax.random.key(1), True)[0]
     loss, grads[name] = jax.jit(jax.value_and_grad(loss_fn))(params)
     if name == "f32":

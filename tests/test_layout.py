@@ -22,7 +22,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data")
-CORE = ("pgf", "pgf.masks", "pgf.recipes", "pgf.sparsify", "pgf.transform")
+CORE = ("pgf", "pgf.masks", "pgf.opt_state", "pgf.recipes", "pgf.sparsify", "pgf.transform")
 # What the core may import besides itself: the standard library, jax, numpy and optax.
 CORE_THIRD_PARTY = {"jax", "jaxlib", "numpy", "optax"}
 

@@ -4,7 +4,7 @@
     with pgf.deploy.intercept():                           # Dense layers use nm_dot on them
       logits = model.apply({"params": params}, x, train=False)
 
-Writing: `compress_params(params, recipe, masks)` -> a params tree with NMKernel leaves,
+Writing: `compress_params(params, recipe, opt_state)` -> a params tree with NMKernel leaves,
 `save(path, tree)`; a training run: `python -m pgf.deploy --workdir=RUN --out=model.safetensors`.
 Sizes: `python -m pgf.deploy --config=configs/vit_1_16.py --report`.
 """

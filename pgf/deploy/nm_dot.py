@@ -139,7 +139,9 @@ def _dense_general_call(module, inputs, kernel: NMKernel, impl):
     axes = (module.axis,) if isinstance(module.axis, int) else tuple(module.axis)
   else:
     axes = (-1,)
-  axes = tuple(a % ndim for a in axes)
+  # Flax sorts DenseGeneral's axes: the kernel's leading dims follow the inputs' axis order,
+  # whatever order `axis` names them in.
+  axes = tuple(sorted(a % ndim for a in axes))
   k = len(axes)
   if tuple(inputs.shape[a] for a in axes) != kernel.shape[:k]:
     raise ValueError(f"{module.name}: inputs shape {inputs.shape} (axes {axes}) do not fit the "
@@ -171,12 +173,28 @@ def _conv_call(module, inputs, kernel: NMKernel):
   return module.clone(parent=None).apply({"params": params}, inputs)
 
 
+def _check_intact(module, kernel: NMKernel) -> None:
+  """ValueError (with the fix) if the kernel's arrays no longer fit its shape, which is what a
+  lifted transform that slices params (nn.scan / nn.vmap over stacked layers) does to it."""
+  axes = kernel.axis
+  k = math.prod(kernel.shape[a] for a in axes)
+  r = math.prod(kernel.shape) // max(k, 1)
+  if np.shape(kernel.values) != (k // kernel.m, kernel.n, r):
+    raise ValueError(
+        f"{module.name}: its compressed kernel {kernel.shape} holds values of shape "
+        f"{tuple(np.shape(kernel.values))}, not ({k // kernel.m}, {kernel.n}, {r}): a lifted "
+        "transform (nn.scan, nn.remat_scan, nn.vmap over stacked layers) sliced it along the "
+        "layer axis, which a compressed kernel does not have. Run such a model from the dense "
+        "form: params = pgf.deploy.densify(params) (or densify only the stacked kernels)")
+
+
 def _interceptor(next_fun, args, kwargs, context, impl=None):
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   module = context.module
   if (context.method_name == "__call__" and isinstance(module, nn.Conv)
       and module.has_variable("params", "kernel")
       and isinstance(module.get_variable("params", "kernel"), NMKernel)):
+    _check_intact(module, module.get_variable("params", "kernel"))
     return _conv_call(module, args[0] if args else kwargs["inputs"],
                       module.get_variable("params", "kernel"))
   if context.method_name != "__call__" or not isinstance(module, (nn.Dense, nn.DenseGeneral)):
@@ -186,6 +204,7 @@ def _interceptor(next_fun, args, kwargs, context, impl=None):
   kernel = module.get_variable("params", "kernel")
   if not isinstance(kernel, NMKernel):
     return next_fun(*args, **kwargs)
+  _check_intact(module, kernel)
   inputs = args[0] if args else kwargs["inputs"]
   return _dense_general_call(module, inputs, kernel, impl)
 
@@ -199,8 +218,11 @@ def intercept(impl: str | None = None):
         logits = model.apply({"params": params}, images, train=False)
 
   Use it around tracing (inside or around `jax.jit`'s first call). An nn.Conv with a compressed
-  kernel expands it to W ⊙ Φ in the graph and convolves densely; a compressed kernel in any other
-  kind of layer is not intercepted: `pgf.deploy.densify` that leaf first.
+  kernel expands it to W ⊙ Φ in the graph and convolves densely (exact); a compressed kernel in
+  any other kind of layer is not intercepted: `pgf.deploy.densify` that leaf first. Layers
+  inside nn.scan / nn.remat_scan see their kernels sliced per layer, which a compressed kernel
+  does not support: run scanned models from `pgf.deploy.densify(params)` (a clear error says
+  so).
   """
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   if impl is not None:

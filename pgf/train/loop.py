@@ -111,9 +111,12 @@ def build_optimizer(config, recipe: pgf.Recipe, total_steps: int, warmup_steps: 
   return pgf.optimizer(recipe, *parts), schedule
 
 
-def matched_sparsity(params, recipe: pgf.Recipe, step, masks=None):
-  """Fraction of exact zeros among the sparsified weights (what the model really sees)."""
-  effective = pgf.sparsify(params, recipe, step, masks)
+def matched_sparsity(params, recipe: pgf.Recipe, opt_state, step=None):
+  """Fraction of exact zeros among the sparsified weights (what the model really sees) at the
+  optimizer state's step, or at `step` (e.g. the step just trained)."""
+  if step is not None:
+    opt_state = pgf.at_step(opt_state, step)
+  effective = pgf.sparsify(params, recipe, opt_state)
   matched = pgf.match_leaves(params, recipe)
   zeros, total = 0.0, 0
   for key_path, leaf in jax.tree_util.tree_flatten_with_path(effective)[0]:
@@ -364,7 +367,7 @@ def _compile_steps(task: Task, recipe: pgf.Recipe, tx, lr_schedule, mesh, state_
     step_rng = jax.random.fold_in(train_rng, step)
 
     def loss_fn(params):
-      effective = pgf.sparsify(params, recipe, step, masks=_masks(state["opt_state"], recipe))
+      effective = pgf.sparsify(params, recipe, state["opt_state"])
       if stateful:
         return model_loss(effective, batch, step_rng, state["model_state"])
       return model_loss(effective, batch, step_rng)
@@ -402,12 +405,12 @@ def _compile_steps(task: Task, recipe: pgf.Recipe, tx, lr_schedule, mesh, state_
                                   state_shardings.get("model_state", {})),
                     out_shardings=replicated),
       effective=jit(lambda params, opt_state, step: pgf.sparsify(
-          params, recipe, step, masks=_masks(opt_state, recipe)), out_shardings=param_shardings),
+          params, recipe, pgf.at_step(opt_state, step)), out_shardings=param_shardings),
       # Deployed = the masks the forward pass used (stored ones when mask_update_every > 1).
-      deployed=jit(lambda params, opt_state: pgf.finalize(
-          params, recipe, masks=_masks(opt_state, recipe)), out_shardings=param_shardings),
+      deployed=jit(lambda params, opt_state: pgf.finalize(params, recipe, opt_state),
+                   out_shardings=param_shardings),
       sparsity=jit(lambda params, opt_state, step: matched_sparsity(
-          params, recipe, step, _masks(opt_state, recipe)), out_shardings=replicated),
+          params, recipe, opt_state, step), out_shardings=replicated),
       batch_sharding=batch_sharding, eval_rows=sharding_lib.local_multiple(mesh))
 
 
@@ -440,10 +443,6 @@ def _evaluate(task: Task, fns: StepFns, mesh, state) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _masks(opt_state, recipe: pgf.Recipe):
-  return pgf.masks_from_state(opt_state) if recipe.mask_update_every > 1 else None
-
-
 def _match_summary(params, recipe) -> str:
   from pgf.sparsify import match_summary  # pylint: disable=g-import-not-at-top
   return match_summary(params, recipe)
