@@ -15,6 +15,7 @@ decay, gradient shaping), jitted alone, for the matched kernels.
   python experiments/bench_step.py --config=configs/t5_1_8_qkv_1_8.py:demo   # T5, embedded data
   python experiments/bench_step.py --config=configs/swin_1_16.py --variant=T --batch=8   # SwinV2
   python experiments/bench_step.py --config=configs/resnet50_1_8.py --batch=64   # ResNet-50, 32px
+  python experiments/bench_step.py --config=configs/lm_1_16.py:demo   # decoder LM, Shakespeare bytes
 
 ViT, SwinV2 and ResNet configs train on random images (`--image-size`; default: 224 for ViT,
 the config's for SwinV2 and ResNet), other configs on their task's own data

@@ -5,8 +5,8 @@
   block, in that block's namespace), or only compiled where the line before the fence is
   `<!-- doctest: compile-only: <why> -->` (an accelerator, a download, a cluster). ```bash blocks
   are syntax-checked with `bash -n`.
-* Commands: every `python -m pgf...` and `python experiments/<script>.py` in a bash block or an
-  inline code span, with its arguments, so the test can parse them with the real flag
+* Commands: every `python -m pgf...` and `python experiments/<script>.py` in a code block (any
+  but python) or an inline code span, with its arguments, so the test can parse them with the real flag
   definitions.
 """
 
@@ -106,7 +106,8 @@ def commands() -> list[Command]:
   """Every pgf / experiments command a page shows, in code blocks and inline code."""
   out = []
   for path in doc_files():
-    sources = [(f"{path}:{b.line}", b.code) for b in blocks(path) if b.lang in ("bash", "sh")]
+    sources = [(f"{path}:{b.line}", b.code) for b in blocks(path)
+               if b.lang in ("bash", "sh", "shell", "console", "text", "")]
     sources += [(path, span) for span in _inline_spans(path)]
     for where, code in sources:
       for line in _logical_lines(code):
