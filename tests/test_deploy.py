@@ -143,6 +143,57 @@ def test_auto_dispatch_and_override():
     assert deploy.resolve_impl("gather", 1, k) == "gather"
 
 
+def test_auto_never_gathers_on_tpu():
+  # The TPU compiler counts 50-300x the dense bytes for "gather" (experiments/aot_nm_dot.py):
+  # "auto" picks the Pallas kernel where Mosaic tiles the shape, else "expand", at any batch.
+  small = deploy.from_dense(kernel((32, 8)), 1, 4)        # R8 = 1: a whole-array column block
+  wide = deploy.from_dense(kernel((64, 8000)), 1, 4)      # R8 = 1000: no 128-aligned tiling
+  for rows in (1, 8, 64, 65, 512):
+    assert deploy.resolve_impl(None, rows, small, backend="tpu") == "pallas"
+    assert deploy.resolve_impl(None, rows, wide, backend="tpu") == "expand"
+    with deploy.use_backend("tpu"):
+      assert deploy.resolve_impl(None, rows, small) == "pallas"
+  assert deploy.resolve_impl(None, 8, wide, backend="cpu") == "gather"
+  with pytest.raises(ValueError, match="backend='tpuu'"):
+    with deploy.use_backend("tpuu"):
+      pass
+
+
+def test_pallas_supported_checks_the_target_backend():
+  from pgf.deploy import pallas
+  # 1000 packed columns: Triton takes 8-column blocks; Mosaic needs 128-multiples or all of
+  # them, and a 1000-wide (8000-column) block is refused.
+  assert pallas.supported(8, 1, 16, 48, 1000, backend="gpu")
+  assert not pallas.supported(8, 1, 16, 48, 1000, backend="tpu")
+  assert pallas.tiles(8, 1, 16, 48, 384, backend="tpu") == (128, 16, 16)
+  assert pallas.tiles(8, 1, 16, 48, 384, backend="gpu") == (32, 16, 16)
+  # 1:4 on TPU: block_g * M must be a multiple of 128 (an aligned lane slice): 32 groups.
+  assert pallas.tiles(1, 1, 4, 192, 384, backend="tpu") == (128, 32, 16)
+  # VMEM: a 2:4 8192 x 2048 kernel at 64 rows does not fit the scoped VMEM (Mosaic: "E1001
+  # CompileTimeScopedVmemOom"); 1:4 does.
+  assert not pallas.supported(64, 2, 4, 2048, 256, backend="tpu")
+  assert pallas.supported(64, 1, 4, 2048, 256, backend="tpu")
+  assert not pallas.supported(2000, 1, 4, 2048, 256, backend="tpu")
+  with pytest.raises(ValueError, match="backend='metal'"):
+    pallas.supported(8, 1, 16, 48, 384, backend="metal")
+
+
+@pytest.mark.parametrize("rows,k_dim,r,n,m", [
+    (1, 256, 1024, 1, 4),     # 1:4: 32 groups (128 lanes) per loop step, 2 steps
+    (9, 256, 1024, 1, 16),    # rows padded to 16, 128-column blocks
+    (3, 256, 72, 2, 32),      # R8 = 9: one whole-array column block
+])
+def test_pallas_tpu_tiling_in_interpret_mode(rows, k_dim, r, n, m):
+  """The tiles the TPU lowering uses, run in the interpreter against the jnp reference."""
+  from pgf.deploy import pallas
+  w = kernel((k_dim, r), seed=m)
+  k = jax.tree.map(jnp.asarray, deploy.from_dense(w, n, m, 0, dtype=jnp.float32))
+  x = jnp.asarray(kernel((rows, k_dim), seed=2), jnp.float32)
+  got = pallas.nm_matmul(x, k.values, k.packed, m=m, r=r, interpret=True, backend="tpu")
+  want = deploy.nm_dot(x, k, impl="expand")
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("rows,k_dim,r,n,m,dtype", [
     (1, 768, 64, 1, 4, jnp.float32),
     (8, 256, 128, 1, 8, jnp.float32),

@@ -85,6 +85,25 @@ def test_examples_are_collected():
   assert readme and all(b.directive == "run" for b in readme), "README's examples must run"
 
 
+def test_code_is_fenced():
+  """An indented code block would escape the example and command checks: fence it."""
+  bad = []
+  for path in doc_examples.doc_files():
+    with open(os.path.join(REPO, path), encoding="utf-8") as f:
+      lines = f.read().splitlines()
+    in_code = False
+    for i, line in enumerate(lines):
+      if line.strip().startswith(("```", "~~~")):
+        in_code = not in_code
+        continue
+      if in_code or not re.match(r"^    \S", line) or i == 0 or lines[i - 1].strip():
+        continue
+      prev = next((x for x in reversed(lines[:i - 1]) if x.strip()), "")
+      if not re.match(r"^\s*([*-]|\d+\.)\s|^  ", prev):
+        bad.append(f"{path}:{i + 1}: {line.strip()[:80]}")
+  assert not bad, "indented code blocks (use ``` fences):\n" + "\n".join(bad)
+
+
 def test_bash_blocks_parse():
   bad = []
   for b in BLOCKS:
