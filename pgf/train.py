@@ -340,12 +340,14 @@ def _build_state(config, task: Task, recipe: pgf.Recipe, tx, mesh, rng, checkpoi
 class StepFns(NamedTuple):
   """The jitted computations of a run, each on global arrays (every process runs each)."""
   train_step: Any       # (state, batch) -> (state, metrics)
-  eval_step: Any        # (params, batch, model_state) -> {metric: per-batch sum}
+  eval_step: Any        # (params, batch, model_state, sums) -> sums + {metric: batch sum}
   effective: Any        # (params, opt_state, step) -> the forward weights of that step
   deployed: Any         # (params, opt_state) -> finalized params (the trained masks)
   sparsity: Any         # (params, opt_state, step) -> measured fraction of zeros
   batch_sharding: Any
   eval_rows: int        # eval batches are padded to a multiple of this
+  eval_shapes: Any      # (params, batch, model_state) -> shapes and dtypes of the eval sums
+  replicated: Any       # the sharding of the eval sums
 
 
 def _compile_steps(task: Task, recipe: pgf.Recipe, tx, lr_schedule, mesh, state_shardings,
@@ -391,15 +393,27 @@ def _compile_steps(task: Task, recipe: pgf.Recipe, tx, lr_schedule, mesh, state_
   # Eval reads the running model state (BatchNorm averages); {} for a stateless task.
   model_eval = ((lambda p, b, s: task.eval_fn(p, b, model_state=s)) if stateful
                 else (lambda p, b, s: task.eval_fn(p, b)))
+  model_eval = sharding_lib.auto_model(model_eval, mesh)
+
+  def eval_step(params, batch, model_state, sums):
+    # The running sums go in and out, so each eval step depends on the previous one: see
+    # `_evaluate` for why the steps must not be independent programs.
+    return jax.tree.map(jnp.add, sums, model_eval(params, batch, model_state))
+
+  def eval_shapes(params, batch, model_state):
+    if not sharding_lib.is_explicit(mesh):
+      return jax.eval_shape(model_eval, params, batch, model_state)
+    with jax.set_mesh(mesh):
+      return jax.eval_shape(model_eval, params, batch, model_state)
+
   batch_sharding, replicated = sharding_lib.batch_sharding(mesh), sharding_lib.replicated(mesh)
   param_shardings = state_shardings["params"]
   jit = functools.partial(sharding_lib.jit, mesh=mesh)
   return StepFns(
       train_step=jit(train_step, in_shardings=(state_shardings, batch_sharding),
                      out_shardings=(state_shardings, replicated), donate_argnums=(0,)),
-      eval_step=jit(sharding_lib.auto_model(model_eval, mesh),
-                    in_shardings=(param_shardings, batch_sharding,
-                                  state_shardings.get("model_state", {})),
+      eval_step=jit(eval_step, in_shardings=(param_shardings, batch_sharding,
+                                             state_shardings.get("model_state", {}), replicated),
                     out_shardings=replicated),
       effective=jit(lambda params, opt_state, step: pgf.sparsify(
           params, recipe, step, masks=_masks(opt_state, recipe)), out_shardings=param_shardings),
@@ -408,21 +422,37 @@ def _compile_steps(task: Task, recipe: pgf.Recipe, tx, lr_schedule, mesh, state_
           params, recipe, masks=_masks(opt_state, recipe)), out_shardings=param_shardings),
       sparsity=jit(lambda params, opt_state, step: matched_sparsity(
           params, recipe, step, _masks(opt_state, recipe)), out_shardings=replicated),
-      batch_sharding=batch_sharding, eval_rows=sharding_lib.local_multiple(mesh))
+      batch_sharding=batch_sharding, eval_rows=sharding_lib.local_multiple(mesh),
+      eval_shapes=eval_shapes, replicated=replicated)
 
 
 def _evaluate(task: Task, fns: StepFns, mesh, state) -> dict[str, float]:
-  """Eval metrics of the current forward weights and of the deployed (finalized) model."""
+  """Eval metrics of the current forward weights and of the deployed (finalized) model.
+
+  Every eval step takes the running sums of the previous one and returns them updated, so the
+  steps form one chain of dependent programs. They used to be independent programs (each batch's
+  sums, added up by separate `jnp.add`s): with many batches, dozens of programs that each end
+  in a cross-process all-reduce were in flight at once, and XLA's CPU runtime starts a device's
+  part of a program as soon as its inputs are ready -- not in dispatch order -- so two devices
+  could enter the all-reduces of different programs, each waiting in gloo for the other: a hang
+  with no error (2 processes x 4 CPU devices, 38 eval batches). Chained, the all-reduces run
+  one at a time in the same order everywhere. GPUs and TPUs run each device's programs in
+  dispatch order (one stream or queue per device), so they never hung this way.
+  """
   out = {}
   for kind, params in (("current", fns.effective(state["params"], state["opt_state"],
                                                  state["step"])),
                        ("deployed", fns.deployed(state["params"], state["opt_state"]))):
     sums = None
+    model_state = state.get("model_state", {})
     for batch in task.eval_batches():
       batch = sharding_lib.global_batch(sharding_lib.pad_rows(batch, fns.eval_rows),
                                         fns.batch_sharding)
-      batch_sums = fns.eval_step(params, batch, state.get("model_state", {}))
-      sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
+      if sums is None:  # zeros of the sums' shapes, made on every process without a program
+        shapes = fns.eval_shapes(params, batch, model_state)
+        sums = jax.tree.map(lambda a: jax.make_array_from_callback(
+            a.shape, fns.replicated, lambda _, a=a: np.zeros(a.shape, a.dtype)), shapes)
+      sums = fns.eval_step(params, batch, model_state, sums)
     sums = jax.device_get(sums)
     count = max(float(sums.pop("count")), 1.0)
     tokens = max(float(sums.pop("tokens", count)), 1.0)
