@@ -91,21 +91,85 @@ def plan(environ: Mapping[str, str], coordinator_address: str | None = None,
   return None
 
 
+DEFAULT_STARTUP_TIMEOUT = 60  # seconds; --startup_timeout
+
+
+class StartupError(RuntimeError):
+  """The processes did not all connect within the start-up timeout."""
+
+
+def _reachable(address: str, timeout_s: float = 2.0) -> bool:
+  """Whether something accepts TCP connections at host:port."""
+  import socket  # pylint: disable=g-import-not-at-top
+  host, _, port = address.rpartition(":")
+  try:
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+      return True
+  except (OSError, ValueError):
+    return False
+
+
+def diagnose(kwargs: Mapping, error: Exception, timeout_s: float) -> str:
+  """What a failed connect most likely means, naming the setting to check."""
+  address = kwargs.get("coordinator_address") or "(detected by JAX)"
+  count, me = kwargs.get("num_processes"), kwargs.get("process_id")
+  text = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+  who = f"process {me}" if me is not None else "this process"
+  settings = ("--coordinator_address (or PGF_COORDINATOR_ADDRESS), --num_processes, "
+              "--process_id")
+  if "already" in text.lower() and "regist" in text.lower() or "duplicate" in text.lower():
+    likely = (f"another process registered with the same --process_id={me}: every process "
+              f"needs its own id, 0 to {count - 1 if count else 'N-1'}")
+  elif me == 0:
+    likely = (f"not all {count if count else 'N'} processes connected to this one (the "
+              f"coordinator, {address}) within {timeout_s:.0f} s: a process was not started "
+              "or crashed, uses another --coordinator_address or port, shares a "
+              "--process_id with another, or was given another --num_processes")
+  elif kwargs.get("coordinator_address") and not _reachable(kwargs["coordinator_address"]):
+    likely = (f"nothing accepts connections at --coordinator_address={address}: process 0 "
+              "was not started (or has exited), or the address or port is not process 0's "
+              "(it must be the same on every process)")
+  else:
+    likely = (f"the coordinator at {address} answers, but the job did not assemble within "
+              f"{timeout_s:.0f} s: a process was not started, two share a --process_id, or "
+              "--num_processes differs between processes")
+  return (f"{who} could not join the job within the start-up timeout ({timeout_s:.0f} s, "
+          f"--startup_timeout): {likely}. Check {settings}. (JAX: {text})")
+
+
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, environ: Mapping[str, str] | None = None) -> None:
-  """Calls `jax.distributed.initialize` with the settings of `plan`; does nothing in a
-  single-process job. Must run before anything else touches JAX's devices."""
+               process_id: int | None = None, environ: Mapping[str, str] | None = None,
+               startup_timeout: float = DEFAULT_STARTUP_TIMEOUT) -> dict | None:
+  """Calls `jax.distributed.initialize` with the settings of `plan` and returns them; does
+  nothing (returns None) in a single-process job. Must run before anything else touches JAX's
+  devices.
+
+  Every process must connect within `startup_timeout` seconds or this raises StartupError
+  saying which setting is likely wrong. JAX's own SIGTERM handler (its preemption service) is
+  not installed: pgf handles SIGTERM itself, from before this call (see pgf.main).
+  """
   import jax  # pylint: disable=g-import-not-at-top
   environ = os.environ if environ is None else environ
   kwargs = plan(environ, coordinator_address, num_processes, process_id)
   if kwargs is None:
-    return
+    return None
+  if not startup_timeout or startup_timeout <= 0:
+    raise ValueError(f"--startup_timeout={startup_timeout}: must be > 0 seconds")
+  jax.config.update("jax_enable_preemption_service", False)
   try:
-    jax.distributed.initialize(**kwargs)
+    jax.distributed.initialize(**kwargs, initialization_timeout=max(int(startup_timeout), 1))
   except ValueError as e:
     raise ValueError(
         f"jax.distributed.initialize: {str(e).rstrip('.')}. Outside a Cloud TPU VM slice, "
         "SLURM or Open MPI, pass --coordinator_address=HOST:PORT (process 0's host), "
         "--num_processes and --process_id, or set PGF_COORDINATOR_ADDRESS, PGF_NUM_PROCESSES "
         "and PGF_PROCESS_ID") from e
+  except Exception as e:  # pylint: disable=broad-except  (JaxRuntimeError: DEADLINE_EXCEEDED...)
+    raise StartupError(diagnose(kwargs, e, startup_timeout)) from e
+  if kwargs.get("num_processes") is not None and jax.process_count() != kwargs["num_processes"]:
+    raise StartupError(
+        f"--num_processes={kwargs['num_processes']} on process {jax.process_index()}, but the "
+        f"job has {jax.process_count()} processes (process 0's --num_processes): give every "
+        "process the same --num_processes")
   logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+  return kwargs

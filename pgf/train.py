@@ -163,14 +163,17 @@ def preflight(config, process_index: int = 0, process_count: int = 1):
 
 
 # ----------------------------------------------------------------------------- the loop
-def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config, workdir: str, stop: dict[str, Any] | None = None
+                       ) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the summary.
 
   A SIGTERM (preemption notice) stops the run after the next step, with a checkpoint there,
   and `summary["preempted"]` set. It is caught from the start: while compiling or restoring
-  too, where, in a multi-process job, JAX's own handler would otherwise swallow it.
+  too, where, in a multi-process job, JAX's own handler would otherwise swallow it. `stop` is
+  the caller's {"signal": None} when it caught signals before (pgf.main does, from before the
+  processes connect); a signal recorded there counts like one received here.
   """
-  stop = {"signal": None}
+  stop = {"signal": None} if stop is None else stop
 
   def on_sigterm(signum, _frame):
     stop["signal"] = signum
@@ -211,8 +214,9 @@ def _train_and_evaluate(config, workdir: str, stop: dict[str, Any]) -> dict[str,
                               async_save=config.get("async_checkpointing", True))
   state, resumed_from, state_shardings = _build_state(config, task, recipe, tx, mesh, rng,
                                                       checkpointer, noise_every, is_main)
-  if resumed_from is not None:
-    writer.truncate_after(resumed_from)
+  # Rows logged after the step this run starts from are logged again: drop them (all of them
+  # when no checkpoint was complete and the run starts from step 0).
+  writer.truncate_after(resumed_from if resumed_from is not None else 0)
   start_step = int(state["step"])
   fns = _compile_steps(task, recipe, tx, lr_schedule, mesh, state_shardings, noise_every,
                        jax.random.fold_in(rng, 1))
@@ -237,7 +241,7 @@ def _train_and_evaluate(config, workdir: str, stop: dict[str, Any]) -> dict[str,
       # its flag before dispatching the step and reads the max after: the read waits for the
       # previous step only, so the device never idles. A signal arriving after the vote
       # (during eval, logging, a save) is carried by the next step's vote.
-      stop_vote = multihost.start_max(stop["signal"] is not None)
+      stop_vote = multihost.start_max(stop["signal"] is not None, "stop after this step", step)
       state, metrics = fns.train_step(state, sharding_lib.global_batch(batch,
                                                                        fns.batch_sharding))
       pending.append((step, metrics))
@@ -543,7 +547,7 @@ def _init_params_from(source: str, state, abstract_state, tx):
   if os.path.isdir(directory):
     with ocp.CheckpointManager(directory) as manager:
       steps = sorted(manager.all_steps())
-  step = checkpointing.agreed_newest_step(steps)
+  step = checkpointing.agreed_newest_step(steps, name="newest init_from checkpoint")
   if step is None:
     raise FileNotFoundError(f"config.init_from={source!r}: no checkpoint found under "
                             f"{directory}")
@@ -553,7 +557,8 @@ def _init_params_from(source: str, state, abstract_state, tx):
                           abstract_state["params"], source)
   except Exception as e:  # pylint: disable=broad-except  (orbax raises many types)
     error = e
-  if not multihost.agree_min(error is None):  # all raise; none waits for the others
+  # All raise; none waits for the others.
+  if not multihost.agree_min(error is None, "init_from params read everywhere", step):
     if isinstance(error, ValueError):
       raise error
     raise ValueError(f"config.init_from={source!r}: step {step} could not be read "

@@ -250,8 +250,8 @@ def test_incomplete_or_bad_settings_name_what_is_missing(environ, flags, fragmen
 def test_one_process_agrees_with_itself():
   from pgf import multihost  # pylint: disable=import-outside-toplevel
   from pgf.checkpointing import agreed_newest_step  # pylint: disable=import-outside-toplevel
-  assert multihost.agree_max(True) == 1 and multihost.agree_min(False) == 0
-  assert multihost.start_max(7).result() == 7
+  assert multihost.agree_max(True, "a") == 1 and multihost.agree_min(False, "b") == 0
+  assert multihost.start_max(7, "c", 3).result() == 7
   assert agreed_newest_step([3, 6, 9]) == 9 and agreed_newest_step([3, 6, 9], below=9) == 6
   assert agreed_newest_step([3], below=3) is None and agreed_newest_step([]) is None
 
