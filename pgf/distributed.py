@@ -16,8 +16,12 @@ gloo (JAX's default), so the same code runs as several local processes for testi
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
+import sys
+import threading
+import time
 from typing import Mapping
 
 # Each setting: (PGF's variable, JAX's variable). JAX itself reads only the address.
@@ -93,6 +97,29 @@ def plan(environ: Mapping[str, str], coordinator_address: str | None = None,
 
 DEFAULT_STARTUP_TIMEOUT = 60  # seconds; --startup_timeout
 
+# What `_on_coordination_error` needs: the settings, whether the job had assembled, and the
+# handler pgf.main installs (error text, connected) -> never returns.
+_STATE: dict = {"kwargs": {}, "timeout": DEFAULT_STARTUP_TIMEOUT, "connected": False,
+                "handler": None}
+
+
+def set_error_handler(handler) -> None:
+  """`handler(message: str, connected: bool)` ends the process on a fatal coordination error
+  (it runs on one of JAX's threads): `connected` is False while the job assembles."""
+  _STATE["handler"] = handler
+
+
+def _on_coordination_error(*args) -> None:
+  text = " ".join(str(a) for a in args) or "coordination service error"
+  if not _STATE["connected"]:
+    text = diagnose(_STATE["kwargs"], RuntimeError(text), _STATE["timeout"])
+  handler = _STATE["handler"]
+  if handler is not None:
+    handler(text, _STATE["connected"])
+  logging.error("pgf: %s", text)
+  print(f"pgf: {text}", file=sys.stderr, flush=True)
+  os._exit(1)  # pylint: disable=protected-access
+
 
 class StartupError(RuntimeError):
   """The processes did not all connect within the start-up timeout."""
@@ -137,6 +164,33 @@ def diagnose(kwargs: Mapping, error: Exception, timeout_s: float) -> str:
           f"--startup_timeout): {likely}. Check {settings}. (JAX: {text})")
 
 
+def _who(kwargs: Mapping) -> str:
+  return (f"process {kwargs.get('process_id', '?')} of {kwargs.get('num_processes', '?')}, "
+          f"coordinator {kwargs.get('coordinator_address') or '(detected by JAX)'}")
+
+
+def _check_joined(kwargs: Mapping, timeout_s: float) -> None:
+  """Every process says it joined, under its id, in the key-value store, and waits for all:
+  a process id taken twice or a process missing is an error here, with a message."""
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  state = jax_distributed.global_state
+  client, me, count = state.client, state.process_id, state.num_processes
+  try:
+    client.key_value_set(f"pgf/joined/{me}", "1")
+  except Exception as e:  # pylint: disable=broad-except
+    if "exist" in str(e).lower():
+      raise StartupError(
+          f"two processes were started with --process_id={me} (or PGF_PROCESS_ID): every "
+          f"process needs its own id, 0 to {count - 1}") from e
+    raise
+  for p in range(count):
+    try:
+      client.blocking_key_value_get(f"pgf/joined/{p}", int(timeout_s * 1000))
+    except Exception as e:  # pylint: disable=broad-except
+      raise StartupError(diagnose(kwargs, RuntimeError(f"process {p} did not join"),
+                                  _STATE["timeout"])) from e
+
+
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, environ: Mapping[str, str] | None = None,
                startup_timeout: float = DEFAULT_STARTUP_TIMEOUT) -> dict | None:
@@ -156,8 +210,36 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   if not startup_timeout or startup_timeout <= 0:
     raise ValueError(f"--startup_timeout={startup_timeout}: must be > 0 seconds")
   jax.config.update("jax_enable_preemption_service", False)
+  from jax._src.lib import _jax  # pylint: disable=g-import-not-at-top
+  make_client = _jax.get_distributed_runtime_client
+
+  def client_with_our_error_handler(*args, **kwargs_):
+    # JAX's default for a fatal coordination error (a connect that timed out, a duplicate
+    # process id, a peer or the coordinator gone) is to abort the process (SIGABRT, 134)
+    # with a generic message; ours says what went wrong and exits with pgf's status.
+    kwargs_["missed_heartbeat_callback"] = _on_coordination_error
+    return make_client(*args, **kwargs_)
+
+  _STATE.update(kwargs=kwargs, timeout=startup_timeout, connected=False)
+  _jax.get_distributed_runtime_client = client_with_our_error_handler
+  # JAX's own timeout does not end every failed start (a duplicate process id can wait
+  # forever, a failed connect may surface only later): this timer bounds the whole start-up.
+  timer = threading.Timer(startup_timeout + 5.0, _on_coordination_error,
+                          args=(f"the job did not assemble within {startup_timeout:.0f} s",))
+  timer.daemon = True
+  timer.start()
+  # A process can also block in JAX's connect holding Python's lock, where no Python thread
+  # runs (seen with a duplicate process id): faulthandler's C thread then ends it (status 1,
+  # after printing where it was), and the line below says what that means.
+  print(f"pgf: connecting to the job ({_who(kwargs)}); if it does not assemble within "
+        f"{startup_timeout + 10:.0f} s this process exits with status 1: check "
+        "--coordinator_address, --num_processes and --process_id on every process",
+        file=sys.stderr, flush=True)
+  faulthandler.dump_traceback_later(startup_timeout + 10.0, exit=True)
+  start = time.monotonic()
   try:
     jax.distributed.initialize(**kwargs, initialization_timeout=max(int(startup_timeout), 1))
+    _check_joined(kwargs, max(startup_timeout - (time.monotonic() - start), 1.0))
   except ValueError as e:
     raise ValueError(
         f"jax.distributed.initialize: {str(e).rstrip('.')}. Outside a Cloud TPU VM slice, "
@@ -166,7 +248,17 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         "and PGF_PROCESS_ID") from e
   except Exception as e:  # pylint: disable=broad-except  (JaxRuntimeError: DEADLINE_EXCEEDED...)
     raise StartupError(diagnose(kwargs, e, startup_timeout)) from e
-  if kwargs.get("num_processes") is not None and jax.process_count() != kwargs["num_processes"]:
+  except BaseException:
+    timer.cancel()
+    faulthandler.cancel_dump_traceback_later()
+    raise
+  finally:
+    _jax.get_distributed_runtime_client = make_client
+  process_count = jax.process_count()  # the devices of every process: a collective start-up
+  timer.cancel()
+  faulthandler.cancel_dump_traceback_later()
+  _STATE["connected"] = True
+  if kwargs.get("num_processes") is not None and process_count != kwargs["num_processes"]:
     raise StartupError(
         f"--num_processes={kwargs['num_processes']} on process {jax.process_index()}, but the "
         f"job has {jax.process_count()} processes (process 0's --num_processes): give every "

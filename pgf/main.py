@@ -91,6 +91,9 @@ def _flush_logs() -> None:
 def _exit_now(status: int) -> None:
   """Ends this process of a multi-process job at once. A normal exit would run
   jax.distributed.shutdown, which waits for every process -- minutes when one is gone."""
+  from pgf import multihost  # pylint: disable=g-import-not-at-top
+  _flush_logs()
+  multihost.before_exit()
   _flush_logs()
   os._exit(status)  # pylint: disable=protected-access
 
@@ -131,15 +134,39 @@ def run(config, workdir: str, coordinator_address: str | None = None,
     stop["signal"] = signum
 
   previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+
+  def on_coordination_error(message: str, connected: bool):
+    # Runs on a JAX thread when the coordination service fails: the job did not assemble in
+    # time (connected False), or a process or the coordinator vanished.
+    if not connected:
+      _report(message)
+      _flush_logs()
+      os._exit(PREEMPTED_EXIT_CODE if stop["signal"] is not None else EXIT_ERROR)
+    peer = multihost.peer_failure(timeout_s=0.0)
+    if peer is not None:
+      _report(f"process {peer['process']} failed (exit status {peer['status']}): "
+              f"{peer['message']}")
+      _flush_logs()
+      os._exit(peer["status"])
+    _report(f"lost contact with the job: another process or the coordinator (process 0) is "
+            f"gone ({message.splitlines()[0][:300]}). Nothing after the newest complete "
+            "checkpoint was saved; rerun the same command (all processes) to resume from it")
+    _flush_logs()
+    os._exit(EXIT_PEER_LOST)
+
+  distributed.set_error_handler(on_coordination_error)
   try:
     try:
       multi = distributed.initialize(coordinator_address, num_processes, process_id,
                                      startup_timeout=startup_timeout) is not None
     except (ValueError, distributed.StartupError) as e:
+      status = PREEMPTED_EXIT_CODE if stop["signal"] is not None else EXIT_ERROR
       _report(str(e))
-      if stop["signal"] is not None:  # told to stop while still connecting: nothing to save
-        return PREEMPTED_EXIT_CODE
-      return EXIT_ERROR
+      if multihost.connected():  # connected, but wrong (--num_processes): tell the others
+        multihost.publish_failure(status, str(e))
+        multihost.wait_for_acknowledgements(timeout_s=10.0)
+        _exit_now(status)
+      return status  # told to stop while still connecting: nothing to save, so 75
     multi = multi and jax.process_count() > 1
     logging.getLogger().setLevel(logging.INFO)
     log.info("JAX %s: %d process(es), %d device(s) %s", jax.__version__, jax.process_count(),

@@ -81,6 +81,13 @@ def _name_id(name: str) -> int:
   return number
 
 
+# The agreements pgf holds, known up front so that a mispaired vote is named on both sides.
+for _name in ("stop after this step", "checkpoint already saved", "newest checkpoint to restore",
+              "checkpoint restored everywhere", "newest init_from checkpoint",
+              "init_from params read everywhere", "preempted while starting"):
+  _name_id(_name)
+
+
 def _describe(name: str, detail: int) -> str:
   return f"{name!r} (step {detail})" if detail >= 0 else repr(name)
 
@@ -147,6 +154,11 @@ def _client():
   """JAX's coordination-service client, or None in a single-process job."""
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
   return distributed.global_state.client
+
+
+def connected() -> bool:
+  """Whether this process is connected to a multi-process job's coordination service."""
+  return _client() is not None
 
 
 def _bounded(fn: Callable[[], Any], timeout_s: float, default=None):
@@ -274,6 +286,28 @@ def wait_for_acknowledgements(timeout_s: float) -> None:
     if len(seen) >= others:
       return
     time.sleep(0.1)
+
+
+_EXITING_PREFIX = "pgf/exiting/"
+
+
+def before_exit(timeout_s: float = 5.0) -> None:
+  """Says this process is exiting; process 0, which holds the coordination service, first waits
+  (up to timeout_s) for the others to say so too: when it ends, the service ends, and JAX aborts
+  any process still connected to it (SIGABRT) before it could exit with its own status."""
+  client = _client()
+  if client is None:
+    return
+  _bounded(lambda: client.key_value_set(f"{_EXITING_PREFIX}{jax.process_index()}", "1",
+                                        allow_overwrite=True), 2.0)
+  if jax.process_index() != 0:
+    return
+  deadline = time.monotonic() + timeout_s
+  while time.monotonic() < deadline:
+    exiting = _bounded(lambda: client.key_value_dir_get(_EXITING_PREFIX), 2.0) or []
+    if len(exiting) >= jax.process_count():
+      return
+    time.sleep(0.05)
 
 
 def watch_failures(on_failure: Callable[[dict], None], every_s: float = 0.2) -> None:

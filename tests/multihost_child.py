@@ -13,8 +13,8 @@ it is a single process. SPEC_JSON: {"config": "configs/vit_1_16.py:demo", "workd
   term_at_start  SIGTERM to this process before anything is compiled or restored
   kill_at        SIGKILL to this process at that point (no cleanup, like a lost VM)
   fail_at        a ValueError on this process at that point (-1: before anything is compiled)
-  extra_vote     this process votes in an agreement the others do not hold, before anything
-                 is compiled (a process on another code path)
+  extra_vote     this process votes in an agreement the others do not hold, just before the
+                 agreement on the checkpoint to restore (a process on another code path)
   term_in_eval   SIGTERM to this process while the evaluation after that step runs
   torn_view      this process reads the checkpoint of that step torn (a copy with truncated
                  files), as a host with a stale or failing view of the shared directory does,
@@ -89,9 +89,6 @@ def main():
       os.kill(os.getpid(), signal.SIGTERM)
     if faulty() and spec.get("fail_at") == -1:
       raise ValueError(f"injected failure on process {jax.process_index()} before compiling")
-    if faulty() and spec.get("extra_vote"):
-      from pgf import multihost  # pylint: disable=g-import-not-at-top
-      multihost.agree_max(1, "an extra vote of the test")
     train_batch, eval_batches = task.train_source.train_batch, task.eval_batches
 
     def faulty_train_batch(step):
@@ -117,6 +114,17 @@ def main():
     return task
 
   train.build_task = build_task_with_faults
+
+  if spec.get("extra_vote"):
+    from pgf import checkpointing, multihost  # pylint: disable=g-import-not-at-top
+    restore_latest = checkpointing.Checkpointer.restore_latest
+
+    def restore_latest_after_an_extra_vote(self, *args, **kwargs):
+      if faulty():
+        multihost.agree_max(1, "an extra vote of the test")
+      return restore_latest(self, *args, **kwargs)
+
+    checkpointing.Checkpointer.restore_latest = restore_latest_after_an_extra_vote
 
   if spec.get("torn_view") is not None:
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
