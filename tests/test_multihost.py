@@ -103,14 +103,15 @@ class Launch:
   group if the job runs past `timeout` or others still run GRACE seconds after one exited.
 
   `env` ({process id: {variable: value}}) changes one process's environment, `delays`
-  ({process id: seconds}) starts a process late, `signals` ([(process id, seconds, signal)])
-  sends a signal that long after the job started."""
+  ({process id: when}) starts a process late, `signals` ([(process id, when, signal)]) sends
+  a signal, in order; `when` is seconds after the start, a text that appears in that process's
+  stderr, or (delays) "after signals"."""
 
   def __init__(self, spec: dict, workdir, processes: int, logdir, env=None, delays=None,
                signals=(), timeout=JOB_TIMEOUT, **faults):
     self.spec = json.dumps(dict(spec, workdir=str(workdir), **faults))
-    self.processes, self.timeout, self.signals = processes, timeout, sorted(
-        signals, key=lambda s: s[1])
+    self.processes, self.timeout, self.signals = processes, timeout, list(signals)
+    self.last_signal = float("inf")
     self.env, self.delays = env or {}, delays or {}
     port = free_port()
     os.makedirs(logdir, exist_ok=True)
@@ -124,9 +125,21 @@ class Launch:
     self.hung = []
     self._start_due()
 
+  def _due(self, when, process=None) -> bool:
+    """`when`: seconds after the start, "after signals" (1 s after the last signal was sent),
+    or a text that has appeared in `process`'s stderr."""
+    now = time.monotonic()
+    if when == "after signals":
+      return not self.signals and now - self.last_signal >= 1.0
+    if isinstance(when, str):
+      self.files[process][1].flush()
+      with open(self.files[process][1].name) as f:
+        return when in f.read()
+    return now - self.start >= when
+
   def _start_due(self):
     for i in range(self.processes):
-      if self.procs[i] is None and time.monotonic() - self.start >= self.delays.get(i, 0):
+      if self.procs[i] is None and self._due(self.delays.get(i, 0)):
         out, err = self.files[i]
         self.procs[i] = subprocess.Popen([sys.executable, CHILD, self.spec], cwd=ROOT,
                                          env=self.envs[i], stdout=out, stderr=err,
@@ -136,9 +149,11 @@ class Launch:
     """Advances the job (late starts, signals, timeouts); True once every process ended."""
     now = time.monotonic()
     self._start_due()
-    while self.signals and now - self.start >= self.signals[0][1]:
+    while (self.signals and self.procs[self.signals[0][0]] is not None
+           and self._due(self.signals[0][1], self.signals[0][0])):
       process, _, signum = self.signals.pop(0)
-      if self.procs[process] is not None and self.procs[process].poll() is None:
+      self.last_signal = time.monotonic()
+      if self.procs[process].poll() is None:
         os.kill(self.procs[process].pid, signum)
     for i, p in enumerate(self.procs):
       if p is not None and self.ended[i] is None and p.poll() is not None:
@@ -477,7 +492,11 @@ STARTUP = {"PGF_STARTUP_TIMEOUT": "8"}  # seconds; launch mistakes end within th
 
 
 def errors(job, process) -> str:
-  return "\n".join(l for l in job.outputs[process][1].splitlines() if l.startswith("pgf: "))
+  """What a process printed from its first "pgf: " message on (messages span lines)."""
+  err = job.outputs[process][1]
+  starts = [i for i in range(len(err)) if err.startswith("pgf: ", i)
+            and not err.startswith("pgf: connecting to the job", i)]
+  return err[starts[0]:] if starts else ""
 
 
 def test_disagreements_failures_and_launch_mistakes_end_every_process_with_a_message(tmp_path):
@@ -501,8 +520,8 @@ def test_disagreements_failures_and_launch_mistakes_end_every_process_with_a_mes
       "fails": dict(spec=spec, processes=2, fail_at=-1, fault_processes=[1]),
       "other path": dict(spec=spec, processes=2, extra_vote=True, fault_processes=[1]),
       # SIGTERM to process 0 while it waits for process 1 to connect; 1 starts after that.
-      "term while connecting": dict(spec=spec, processes=2, signals=[(0, 6.0, signal.SIGTERM)],
-                                    delays={1: 8.0}),
+      "term while connecting": dict(spec=spec, processes=2, signals=[
+          (0, "pgf: connecting to the job", signal.SIGTERM)], delays={1: "after signals"}),
       "never started": dict(spec=spec, processes=1, env={0: dict(
           STARTUP, PGF_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", PGF_NUM_PROCESSES="2",
           PGF_PROCESS_ID="0", JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}",
@@ -530,9 +549,10 @@ def test_disagreements_failures_and_launch_mistakes_end_every_process_with_a_mes
   assert "process 1 failed (exit status 1)" in errors(job, 0)
   job = done["other path"]
   assert job.returncodes == [1, 1], job.describe()
-  for p in range(2):
-    assert ("vote on 'an extra vote of the test' was paired with another process's vote on "
-            "'newest checkpoint to restore'") in errors(job, p), job.describe()
+  for p in range(2):  # whichever process noticed first, both name the two agreements
+    assert "was paired with another process's vote on" in errors(job, p), job.describe()
+    assert "'newest checkpoint to restore'" in errors(job, p), job.describe()
+  assert "'an extra vote of the test'" in job.outputs[1][1], job.describe()
   job = done["term while connecting"]
   assert job.returncodes == [PREEMPTED_EXIT_CODE] * 2, job.describe()
   assert "before training started" in job.outputs[0][1]
