@@ -17,6 +17,7 @@ gloo (JAX's default), so the same code runs as several local processes for testi
 from __future__ import annotations
 
 import faulthandler
+import json
 import logging
 import os
 import sys
@@ -98,7 +99,8 @@ def plan(environ: Mapping[str, str], coordinator_address: str | None = None,
 DEFAULT_STARTUP_TIMEOUT = 60  # seconds; --startup_timeout
 
 # What `_on_coordination_error` needs: the settings, whether the job had assembled, and the
-# handler pgf.main installs (error text, connected) -> never returns.
+# handler pgf.main installs (error text, connected) -> never returns. It runs when the job
+# has not assembled within the start-up timeout.
 _STATE: dict = {"kwargs": {}, "timeout": DEFAULT_STARTUP_TIMEOUT, "connected": False,
                 "handler": None}
 
@@ -169,12 +171,12 @@ def _who(kwargs: Mapping) -> str:
           f"coordinator {kwargs.get('coordinator_address') or '(detected by JAX)'}")
 
 
-def _check_joined(kwargs: Mapping, timeout_s: float) -> None:
+def _check_joined(kwargs: Mapping, count: int, timeout_s: float) -> None:
   """Every process says it joined, under its id, in the key-value store, and waits for all:
   a process id taken twice or a process missing is an error here, with a message."""
   from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
   state = jax_distributed.global_state
-  client, me, count = state.client, state.process_id, state.num_processes
+  client, me = state.client, state.process_id
   try:
     client.key_value_set(f"pgf/joined/{me}", "1")
   except Exception as e:  # pylint: disable=broad-except
@@ -183,12 +185,24 @@ def _check_joined(kwargs: Mapping, timeout_s: float) -> None:
           f"two processes were started with --process_id={me} (or PGF_PROCESS_ID): every "
           f"process needs its own id, 0 to {count - 1}") from e
     raise
+  deadline = time.monotonic() + timeout_s
   for p in range(count):
-    try:
-      client.blocking_key_value_get(f"pgf/joined/{p}", int(timeout_s * 1000))
-    except Exception as e:  # pylint: disable=broad-except
-      raise StartupError(diagnose(kwargs, RuntimeError(f"process {p} did not join"),
-                                  _STATE["timeout"])) from e
+    while True:
+      try:
+        client.blocking_key_value_get(f"pgf/joined/{p}", 250)
+        break
+      except Exception as e:  # pylint: disable=broad-except
+        failure = None
+        try:  # a process that failed while joining says why (pgf.multihost.publish_failure)
+          failure = json.loads(client.key_value_try_get("pgf/failure"))
+        except Exception:  # pylint: disable=broad-except
+          pass
+        if failure is not None:
+          raise StartupError(f"process {failure['process']} failed while the job started: "
+                             f"{failure['message']}") from e
+        if time.monotonic() > deadline:
+          raise StartupError(diagnose(kwargs, RuntimeError(f"process {p} did not join"),
+                                      _STATE["timeout"])) from e
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -210,21 +224,13 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   if not startup_timeout or startup_timeout <= 0:
     raise ValueError(f"--startup_timeout={startup_timeout}: must be > 0 seconds")
   jax.config.update("jax_enable_preemption_service", False)
-  from jax._src.lib import _jax  # pylint: disable=g-import-not-at-top
-  make_client = _jax.get_distributed_runtime_client
-
-  def client_with_our_error_handler(*args, **kwargs_):
-    # JAX's default for a fatal coordination error (a connect that timed out, a duplicate
-    # process id, a peer or the coordinator gone) is to abort the process (SIGABRT, 134)
-    # with a generic message; ours says what went wrong and exits with pgf's status.
-    kwargs_["missed_heartbeat_callback"] = _on_coordination_error
-    return make_client(*args, **kwargs_)
-
   _STATE.update(kwargs=kwargs, timeout=startup_timeout, connected=False)
-  _jax.get_distributed_runtime_client = client_with_our_error_handler
-  # JAX's own timeout does not end every failed start (a duplicate process id can wait
-  # forever, a failed connect may surface only later): this timer bounds the whole start-up.
-  timer = threading.Timer(startup_timeout + 5.0, _on_coordination_error,
+  # JAX's own connect timeout aborts the process (SIGABRT, 134) with a generic
+  # DEADLINE_EXCEEDED, and does not end every failed start (a duplicate process id can wait
+  # forever): this timer fires first and ends the start-up with a message naming the likely
+  # wrong setting. (JAX's error callback cannot be replaced from Python: it receives a C++
+  # status that does not convert.)
+  timer = threading.Timer(startup_timeout, _on_coordination_error,
                           args=(f"the job did not assemble within {startup_timeout:.0f} s",))
   timer.daemon = True
   timer.start()
@@ -238,8 +244,18 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   faulthandler.dump_traceback_later(startup_timeout + 10.0, exit=True)
   start = time.monotonic()
   try:
-    jax.distributed.initialize(**kwargs, initialization_timeout=max(int(startup_timeout), 1))
-    _check_joined(kwargs, max(startup_timeout - (time.monotonic() - start), 1.0))
+    jax.distributed.initialize(**kwargs,
+                               initialization_timeout=max(int(startup_timeout), 1) + 30)
+    process_count = jax.process_count()  # the devices of every process: a collective start-up
+    if kwargs.get("num_processes") is not None and process_count != kwargs["num_processes"]:
+      raise StartupError(
+          f"--num_processes={kwargs['num_processes']} on process {jax.process_index()}, but "
+          f"the job has {process_count} processes (process 0's --num_processes): give every "
+          "process the same --num_processes")
+    _check_joined(kwargs, process_count,
+                  max(startup_timeout - (time.monotonic() - start), 1.0))
+  except StartupError:
+    raise
   except ValueError as e:
     raise ValueError(
         f"jax.distributed.initialize: {str(e).rstrip('.')}. Outside a Cloud TPU VM slice, "
@@ -248,20 +264,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         "and PGF_PROCESS_ID") from e
   except Exception as e:  # pylint: disable=broad-except  (JaxRuntimeError: DEADLINE_EXCEEDED...)
     raise StartupError(diagnose(kwargs, e, startup_timeout)) from e
-  except BaseException:
+  finally:
     timer.cancel()
     faulthandler.cancel_dump_traceback_later()
-    raise
-  finally:
-    _jax.get_distributed_runtime_client = make_client
-  process_count = jax.process_count()  # the devices of every process: a collective start-up
-  timer.cancel()
-  faulthandler.cancel_dump_traceback_later()
   _STATE["connected"] = True
-  if kwargs.get("num_processes") is not None and process_count != kwargs["num_processes"]:
-    raise StartupError(
-        f"--num_processes={kwargs['num_processes']} on process {jax.process_index()}, but the "
-        f"job has {jax.process_count()} processes (process 0's --num_processes): give every "
-        "process the same --num_processes")
   logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
   return kwargs

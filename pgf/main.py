@@ -88,12 +88,12 @@ def _flush_logs() -> None:
       pass
 
 
-def _exit_now(status: int) -> None:
+def _exit_now(status: int, wait_s: float = 5.0) -> None:
   """Ends this process of a multi-process job at once. A normal exit would run
   jax.distributed.shutdown, which waits for every process -- minutes when one is gone."""
   from pgf import multihost  # pylint: disable=g-import-not-at-top
   _flush_logs()
-  multihost.before_exit()
+  multihost.before_exit(wait_s)
   _flush_logs()
   os._exit(status)  # pylint: disable=protected-access
 
@@ -104,10 +104,13 @@ def _report(message: str) -> None:
 
 
 def _looks_like_lost_peer(error: BaseException) -> bool:
+  """Whether an exception says a collective or the coordination service lost a process. JAX
+  raises these as different types (a RuntimeError, or a ValueError from a transfer), so the
+  text decides."""
   text = f"{type(error).__name__}: {error}".lower()
-  return any(word in text for word in (
-      "gloo", "connection", "socket", "peer", "unavailable", "heartbeat", "nccl",
-      "deadline_exceeded", "coordination", "task", "barrier"))
+  return any(marker in text for marker in (
+      "gloo", "nccl", "connection closed", "connection reset", "connection refused",
+      "socket closed", "broken pipe", "unavailable:", "failed to send rpc", "heartbeat"))
 
 
 def run(config, workdir: str, coordinator_address: str | None = None,
@@ -136,23 +139,11 @@ def run(config, workdir: str, coordinator_address: str | None = None,
   previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
 
   def on_coordination_error(message: str, connected: bool):
-    # Runs on a JAX thread when the coordination service fails: the job did not assemble in
-    # time (connected False), or a process or the coordinator vanished.
-    if not connected:
-      _report(message)
-      _flush_logs()
-      os._exit(PREEMPTED_EXIT_CODE if stop["signal"] is not None else EXIT_ERROR)
-    peer = multihost.peer_failure(timeout_s=0.0)
-    if peer is not None:
-      _report(f"process {peer['process']} failed (exit status {peer['status']}): "
-              f"{peer['message']}")
-      _flush_logs()
-      os._exit(peer["status"])
-    _report(f"lost contact with the job: another process or the coordinator (process 0) is "
-            f"gone ({message.splitlines()[0][:300]}). Nothing after the newest complete "
-            "checkpoint was saved; rerun the same command (all processes) to resume from it")
+    # Runs on a timer thread when the job did not assemble within the start-up timeout.
+    del connected
+    _report(message)
     _flush_logs()
-    os._exit(EXIT_PEER_LOST)
+    os._exit(PREEMPTED_EXIT_CODE if stop["signal"] is not None else EXIT_ERROR)
 
   distributed.set_error_handler(on_coordination_error)
   try:
@@ -195,24 +186,28 @@ def run(config, workdir: str, coordinator_address: str | None = None,
         log.warning("Received SIGTERM%s before training started; stopping with nothing to "
                     "save. Rerun the same command to start (or resume).",
                     "" if stop["signal"] else " on another process")
-        return PREEMPTED_EXIT_CODE
-      return _train(config, workdir, stop, after, reraise=True)
+        status = PREEMPTED_EXIT_CODE
+      else:
+        status = _train(config, workdir, stop, after, reraise=True)
+      multihost.stop_watching()  # a normal exit: JAX's shutdown waits for every process
+      return status
     except BaseException as e:  # pylint: disable=broad-except
       if isinstance(e, SystemExit):
         raise
       status = EXIT_ERROR
       message = _message(e, train)
+      log.error("process %d: %s", jax.process_index(), message)  # its own view, first
       if same_run_check and isinstance(e, multihost.MultihostError):
         _report(message)  # every process found the same differences: no need to relay them
         _exit_now(EXIT_ERROR)
-      peer = multihost.peer_failure(timeout_s=1.0 if _looks_like_lost_peer(e) else 0.0)
+      lost = _looks_like_lost_peer(e)
+      peer = multihost.peer_failure(timeout_s=0.3 if lost else 0.0)
       if peer is not None:  # another process failed first: its failure is the cause
         multihost.acknowledge_failure()
         _report(f"process {peer['process']} failed (exit status {peer['status']}): "
                 f"{peer['message']}")
         _exit_now(peer["status"])
-      if _looks_like_lost_peer(e) and not isinstance(e, (ValueError, FileNotFoundError,
-                                                          train.NonFiniteError)):
+      if lost:
         status = EXIT_PEER_LOST
         message = (f"lost contact with another process ({message}); it was killed or its "
                    "host is gone. Nothing after the newest complete checkpoint was saved; "
@@ -224,8 +219,9 @@ def run(config, workdir: str, coordinator_address: str | None = None,
                 f"{first['message']}")
         _exit_now(first["status"])
       _report(f"process {jax.process_index()}: {message}")
-      multihost.wait_for_acknowledgements(timeout_s=10.0)
-      _exit_now(status)
+      # A lost process never acknowledges: wait briefly then.
+      multihost.wait_for_acknowledgements(timeout_s=1.0 if lost else 10.0)
+      _exit_now(status, wait_s=1.0 if lost else 5.0)
   finally:
     signal.signal(signal.SIGTERM, previous_handler)
   raise AssertionError("unreachable")

@@ -310,28 +310,38 @@ def before_exit(timeout_s: float = 5.0) -> None:
     time.sleep(0.05)
 
 
+_WATCH: dict = {"stop": None, "thread": None}
+
+
 def watch_failures(on_failure: Callable[[dict], None], every_s: float = 0.2) -> None:
   """Starts a daemon thread that calls `on_failure(failure)` once another process has recorded
-  a failure (`publish_failure`); on_failure is expected to end this process."""
+  a failure (`publish_failure`); on_failure is expected to end this process. Call
+  `stop_watching` before a normal exit (a thread inside a call to the service when the
+  interpreter shuts down aborts the process)."""
   client = _client()
   if client is None or jax.process_count() == 1:
     return
+  stop = threading.Event()
 
   def watch():
-    while True:
-      raw = _bounded(lambda: client.key_value_try_get(_FAILURE_KEY), 5.0)
-      if raw is not None:
-        failure = json.loads(raw)
-        if failure["process"] != jax.process_index():
-          on_failure(failure)
-          return
-      time.sleep(every_s)
+    while not stop.wait(every_s):
+      try:
+        raw = client.key_value_try_get(_FAILURE_KEY)
+      except Exception:  # pylint: disable=broad-except  (NOT_FOUND: no failure yet)
+        continue
+      failure = json.loads(raw)
+      if failure["process"] != jax.process_index():
+        on_failure(failure)
+        return
 
-  threading.Thread(target=watch, name="pgf-failure-watch", daemon=True).start()
+  thread = threading.Thread(target=watch, name="pgf-failure-watch", daemon=True)
+  _WATCH.update(stop=stop, thread=thread)
+  thread.start()
 
 
-def barrier(name: str) -> None:
-  """Waits until every process reached the barrier of this name (e.g. after one process
-  changed shared files that the others are about to read)."""
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
+def stop_watching() -> None:
+  """Stops the thread of `watch_failures` (waits for its current call to return)."""
+  if _WATCH["stop"] is not None:
+    _WATCH["stop"].set()
+    _WATCH["thread"].join(timeout=10.0)
+    _WATCH.update(stop=None, thread=None)

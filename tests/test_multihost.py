@@ -584,8 +584,13 @@ def test_a_lost_peer_ends_the_job_and_the_rerun_logs_each_step_once(runs, tmp_pa
   job = launch(vit("data"), workdir, 2, logdir_of(workdir), kill_at=3, fault_processes=[lost])
   survivor = 1 - lost
   assert job.returncodes[lost] == -signal.SIGKILL, job.describe()
-  assert job.returncodes[survivor] == EXIT_PEER_LOST, job.describe()
-  assert "lost contact" in errors(job, survivor), job.describe()
+  if lost == 1:
+    assert job.returncodes[survivor] == EXIT_PEER_LOST, job.describe()
+    assert "lost contact" in errors(job, survivor), job.describe()
+  else:  # the coordination service died with process 0: JAX may abort the survivor first
+    assert job.returncodes[survivor] in (EXIT_PEER_LOST, -signal.SIGABRT), job.describe()
+    assert ("lost contact" in errors(job, survivor) or "Terminating process because the JAX "
+            "distributed service detected fatal errors" in job.outputs[survivor][1])
   print("seconds to exit after the kill:", job.seconds[survivor] - job.seconds[lost])
   assert job.seconds[survivor] - job.seconds[lost] < GRACE
   if lost == 1:  # process 0 logged step 2 before the kill; the rerun logs it again
