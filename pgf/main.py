@@ -177,9 +177,7 @@ def run(config, workdir: str, coordinator_address: str | None = None,
       multihost.check_same_run(
           {"config": config.to_dict(), "code": code_fingerprint(),
            "settings": {"jax": jax.__version__, "workdir": os.path.abspath(workdir),
-                        "process_count": jax.process_count(),
-                        "num_processes": num_processes or os.environ.get("PGF_NUM_PROCESSES")
-                                         or os.environ.get("JAX_NUM_PROCESSES")}},
+                        "process_count": jax.process_count()}},
           startup_timeout)
       same_run_check = False
       if multihost.agree_max(stop["signal"] is not None, "preempted while starting"):
