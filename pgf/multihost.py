@@ -345,3 +345,10 @@ def stop_watching() -> None:
     _WATCH["stop"].set()
     _WATCH["thread"].join(timeout=10.0)
     _WATCH.update(stop=None, thread=None)
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reached the barrier of this name (e.g. after one process
+  changed shared files that the others are about to read)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
