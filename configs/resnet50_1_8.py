@@ -11,8 +11,8 @@ Paper top-1 (CIFAR-10; dense 85.09): SR-STE 80.78, MDGF-Exp 82.48.
   python -m pgf.main --config=configs/resnet50_1_8.py:demo --workdir=/tmp/resnet50_1_8_demo  # CPU
 """
 
-from pgf import config_resnet
+from pgf.families import resnet
 
 
 def get_config(arg=None):
-  return config_resnet.resnet_config(nm="1:8", arg=arg)
+  return resnet.resnet_config(nm="1:8", arg=arg)

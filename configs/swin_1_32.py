@@ -10,11 +10,11 @@ MDGF-Exp 79.545, SDGF-Step 76.480, SDGF-Geo 79.277.
   python -m pgf.main --config=configs/swin_1_32.py:method=sdgf_geometric --workdir=$WORKDIR
   python -m pgf.main --config=configs/swin_1_32.py:demo --workdir=/tmp/swin_1_32_demo   # CPU, digits
 
-Defaults and where each comes from: pgf/config_swin.py.
+Defaults and where each comes from: pgf/families/swin.py.
 """
 
-from pgf import config_swin
+from pgf.families import swin
 
 
 def get_config(arg=None):
-  return config_swin.swin_config(ff="1:32", arg=arg)
+  return swin.swin_config(ff="1:32", arg=arg)

@@ -10,11 +10,11 @@ MDGF-Exp 81.550, SDGF-Step 81.218, SDGF-Geo 81.438.
   python -m pgf.main --config=configs/swin_1_8_qk_1_8.py:method=sdgf_geometric --workdir=$WORKDIR
   python -m pgf.main --config=configs/swin_1_8_qk_1_8.py:demo --workdir=/tmp/swin_1_8_qk_1_8_demo   # CPU, digits
 
-Defaults and where each comes from: pgf/config_swin.py.
+Defaults and where each comes from: pgf/families/swin.py.
 """
 
-from pgf import config_swin
+from pgf.families import swin
 
 
 def get_config(arg=None):
-  return config_swin.swin_config(ff="1:8", qk="1:8", arg=arg)
+  return swin.swin_config(ff="1:8", qk="1:8", arg=arg)

@@ -16,8 +16,8 @@ Paper GLUE average (dense 86.2): SR-STE 84.1, SDGF-Stepwise 83.7, SDGF-Geometric
       --config.init_from=/tmp/t5_pretrain_demo
 """
 
-from pgf import config_lib
+from pgf.families import t5
 
 
 def get_config(arg=None):
-  return config_lib.t5_config(ff="1:4", arg=arg)
+  return t5.t5_config(ff="1:4", arg=arg)

@@ -20,8 +20,8 @@ Paper GLUE average (dense 86.2): SR-STE 74.2, SDGF-Stepwise 79.5, SDGF-Geometric
       --config.init_from=/tmp/t5_pretrain_demo
 """
 
-from pgf import config_lib
+from pgf.families import t5
 
 
 def get_config(arg=None):
-  return config_lib.t5_config(ff="1:8", qkv="1:8", arg=arg)
+  return t5.t5_config(ff="1:8", qkv="1:8", arg=arg)

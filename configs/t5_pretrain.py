@@ -18,8 +18,8 @@ Then fine-tune sparsely from it with any Table 4 row, e.g.
       --config.init_from=/tmp/t5_pretrain_demo
 """
 
-from pgf import config_lib
+from pgf.families import t5
 
 
 def get_config(arg=None):
-  return config_lib.t5_config(arg=arg, pretrain=True)
+  return t5.t5_config(arg=arg, pretrain=True)

@@ -11,8 +11,8 @@ MDGF-Exp 74.18, SDGF-Step 71.725, SDGF-Geo 69.801.
   python -m pgf.main --config=configs/vit_1_128.py:demo --workdir=/tmp/vit_1_128_demo   # CPU, digits
 """
 
-from pgf import config_lib
+from pgf.families import vit
 
 
 def get_config(arg=None):
-  return config_lib.vit_config(ff="1:128", arg=arg)
+  return vit.vit_config(ff="1:128", arg=arg)

@@ -11,8 +11,8 @@ MDGF-Exp 77.325, SDGF-Step 75.923, SDGF-Geo 76.869.
   python -m pgf.main --config=configs/vit_1_16.py:demo --workdir=/tmp/vit_1_16_demo   # CPU, digits
 """
 
-from pgf import config_lib
+from pgf.families import vit
 
 
 def get_config(arg=None):
-  return config_lib.vit_config(ff="1:16", arg=arg)
+  return vit.vit_config(ff="1:16", arg=arg)

@@ -11,8 +11,8 @@ MDGF-Exp 76.068, SDGF-Step 74.394, SDGF-Geo 74.91.
   python -m pgf.main --config=configs/vit_1_32.py:demo --workdir=/tmp/vit_1_32_demo   # CPU, digits
 """
 
-from pgf import config_lib
+from pgf.families import vit
 
 
 def get_config(arg=None):
-  return config_lib.vit_config(ff="1:32", arg=arg)
+  return vit.vit_config(ff="1:32", arg=arg)

@@ -11,8 +11,8 @@ MDGF-Exp 78.273, SDGF-Step 77.163, SDGF-Geo 76.839.
   python -m pgf.main --config=configs/vit_1_8_qk_1_4.py:demo --workdir=/tmp/vit_1_8_qk_1_4_demo   # CPU, digits
 """
 
-from pgf import config_lib
+from pgf.families import vit
 
 
 def get_config(arg=None):
-  return config_lib.vit_config(ff="1:8", qk="1:4", arg=arg)
+  return vit.vit_config(ff="1:8", qk="1:4", arg=arg)

@@ -11,8 +11,8 @@ MDGF-Exp 76.381, SDGF-Step 77.081, SDGF-Geo 77.363.
   python -m pgf.main --config=configs/vit_2_4.py:demo --workdir=/tmp/vit_2_4_demo   # CPU, digits
 """
 
-from pgf import config_lib
+from pgf.families import vit
 
 
 def get_config(arg=None):
-  return config_lib.vit_config(ff="2:4", arg=arg)
+  return vit.vit_config(ff="2:4", arg=arg)

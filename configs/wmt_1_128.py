@@ -2,7 +2,7 @@ r"""WMT En->De encoder-decoder trained from scratch, paper Table 5 row "1:128"; 
 
 The FF layers (mlp/wi_0, wi_1, wo of all 6 encoder and 6 decoder layers) at 1:128; attention,
 embeddings and logits dense. Model: 6+6 layers, width 1024, 16 heads, gated MLP 2816, shared 32k
-SentencePiece vocabulary (212M parameters; why this size: pgf/config_wmt.py). Data: TFDS
+SentencePiece vocabulary (212M parameters; why this size: pgf/families/wmt.py). Data: TFDS
 wmt17_translate/de-en train, eval on newstest2014 (wmt14_translate/de-en test).
 Recipe: batch 512, 200k steps, Adam(0.9, 0.92), lr 0.0625 with rsqrt decay after 1k warm-up steps
 (peak 1.98e-3), 5% dense steps first, last 10% with the final hard N:M mask.
@@ -17,8 +17,8 @@ Paper token accuracy (dense 0.747): SR-STE 0.707, SDGF-Stepwise 0.708, MDGF-Exp 
   python -m pgf.main --config=configs/wmt_1_128.py:demo --workdir=/tmp/wmt_1_128_demo
 """
 
-from pgf import config_wmt
+from pgf.families import wmt
 
 
 def get_config(arg=None):
-  return config_wmt.wmt_config(ff="1:128", arg=arg)
+  return wmt.wmt_config(ff="1:128", arg=arg)

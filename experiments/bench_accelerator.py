@@ -175,7 +175,7 @@ def run_masks(args, log) -> dict:
 def vit_setup(args, batch: int):
   """(config, init_fn, loss_fn, local batch, matmuls) of the ViT-B/16 step on synthetic data."""
   from bench_step import task_based  # pylint: disable=g-import-not-at-top
-  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  from pgf.train import config_lib  # pylint: disable=g-import-not-at-top
   from pgf.analysis import flops  # pylint: disable=g-import-not-at-top
   config = config_lib.load(os.path.join(ROOT, "configs/vit_1_16.py"))
   config.data.name = "synthetic_imagenet"
@@ -192,7 +192,7 @@ def vit_setup(args, batch: int):
 def t5_setup(args, batch: int):
   """(config, init_fn, loss_fn, local batch, matmuls) of the T5-base fine-tuning step."""
   from bench_step import synthetic_t5  # pylint: disable=g-import-not-at-top
-  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  from pgf.train import config_lib  # pylint: disable=g-import-not-at-top
   from pgf.analysis import flops  # pylint: disable=g-import-not-at-top
   from pgf.models import t5 as t5_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.load(os.path.join(ROOT, "configs/t5_1_8_qkv_1_8.py"))
@@ -225,7 +225,7 @@ def run_step_kind(args, kind: str, log) -> dict:
   """The step (ViT) or t5 sub-benchmark: every method next to dense, halving on OOM."""
   import jax  # pylint: disable=g-import-not-at-top
   from bench_step import measure_methods  # pylint: disable=g-import-not-at-top
-  from pgf import sharding  # pylint: disable=g-import-not-at-top
+  from pgf.train import sharding  # pylint: disable=g-import-not-at-top
   setup = vit_setup if kind == "step" else t5_setup
   spec = args.batch if kind == "step" else args.t5_batch
   auto = spec == "auto"
@@ -331,7 +331,7 @@ def run_peer(args, log) -> dict:
   from bench_masks import interleaved_seconds  # pylint: disable=g-import-not-at-top
   from bench_step import build_methods  # pylint: disable=g-import-not-at-top
   from peers import torch_pgf_reference as peer  # pylint: disable=g-import-not-at-top
-  from pgf import sharding  # pylint: disable=g-import-not-at-top
+  from pgf.train import sharding  # pylint: disable=g-import-not-at-top
   batch = 4 if args.smoke else (256 if args.batch == "auto" else int(args.batch))
   config, init_fn, loss_fn, local, _ = vit_setup(args, batch)
   config.sparsity.method = "mdgf_exp"

@@ -105,10 +105,10 @@ def matmul_table(rows) -> str:
 
 
 def vit_model(variant: str, smoke: bool):
-  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  from pgf.families import vit as vit_family  # pylint: disable=g-import-not-at-top
   from pgf.deploy import model as model_lib  # pylint: disable=g-import-not-at-top
   arg = "demo" if variant == "demo" else f"variant={variant}"
-  config = config_lib.vit_config(ff="1:16", arg=arg)
+  config = vit_family.vit_config(ff="1:16", arg=arg)
   if smoke:
     config.model.update(variant="Ti/4", width=32, depth=1, num_heads=2, mlp_dim=64)
   model, _, inputs = model_lib.abstract_model(config)

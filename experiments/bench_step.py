@@ -39,7 +39,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import optax  # pylint: disable=g-import-not-at-top
 
 import pgf  # pylint: disable=g-import-not-at-top
-from pgf import config_lib, sharding  # pylint: disable=g-import-not-at-top
+from pgf.train import config_lib, sharding  # pylint: disable=g-import-not-at-top
 from pgf.train import build_optimizer, build_recipe  # pylint: disable=g-import-not-at-top
 
 START_FRACTION = 0.4
@@ -55,69 +55,11 @@ def parse_mesh(text: str) -> dict:
   return out
 
 
-def synthetic_classifier(model, image_size: int, batch: int, num_classes: int):
-  """(init_fn, loss_fn, batch) for a stateless image classifier on random images and labels."""
-  rng = np.random.default_rng(0)
-  data = {"image": rng.normal(size=(batch, image_size, image_size, 3)).astype(np.float32),
-          "label": rng.integers(0, num_classes, size=(batch,)).astype(np.int32)}
-
-  def init_fn(key):
-    return model.init({"params": key}, data["image"][:1], train=False)["params"]
-
-  def loss_fn(params, batch, key, train):
-    logits = model.apply({"params": params}, batch["image"], train=train,
-                         rngs={"dropout": key})
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
-                                                           batch["label"]).mean()
-    return loss, {}
-
-  return init_fn, loss_fn, data
-
-
-def synthetic_vit(config, image_size: int, batch: int, num_classes: int = 1000):
-  """(init_fn, loss_fn, batch) for the config's ViT (`model.variant` as given) on random data."""
-  from pgf.tasks import vit_model  # pylint: disable=g-import-not-at-top
-  return synthetic_classifier(vit_model(config, num_classes), image_size, batch, num_classes)
-
-
-def synthetic_swin(config, image_size: int, batch: int, num_classes: int = 1000):
-  """(init_fn, loss_fn, batch) for the config's SwinV2 on random images and labels."""
-  from pgf.tasks import swin_model  # pylint: disable=g-import-not-at-top
-  return synthetic_classifier(swin_model(config, num_classes), image_size, batch, num_classes)
-
-
-def synthetic_resnet(config, image_size: int, batch: int, num_classes: int = 10):
-  """(init_fn, loss_fn, batch) for the config's ResNet on random images and labels.
-
-  BatchNorm runs in train mode (batch statistics, as in pgf.train); the updated running
-  statistics are dropped, which leaves out only their few-kilobyte moving-average write."""
-  from pgf.tasks import resnet_model  # pylint: disable=g-import-not-at-top
-  model = resnet_model(config, num_classes)
-  rng = np.random.default_rng(0)
-  data = {"image": rng.normal(size=(batch, image_size, image_size, 3)).astype(np.float32),
-          "label": rng.integers(0, num_classes, size=(batch,)).astype(np.int32)}
-  state = jax.eval_shape(lambda: model.init(jax.random.key(0), data["image"][:1], train=False))
-  stats = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), state["batch_stats"])
-
-  def init_fn(key):
-    return model.init({"params": key}, data["image"][:1], train=False)["params"]
-
-  def loss_fn(params, batch, key, train):
-    del key
-    logits, _ = model.apply({"params": params, "batch_stats": stats}, batch["image"],
-                            train=train, mutable=["batch_stats"])
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
-                                                           batch["label"]).mean()
-    return loss, {}
-
-  return init_fn, loss_fn, data
-
-
 def synthetic_t5(config, batch: int, input_length: int, target_length: int,
                  vocab_size: int = 32128):
   """(init_fn, loss_fn, batch) for the config's T5 on random tokens (T5 v1.1's vocabulary size
-  by default), with the loss of `pgf.text_tasks` (token cross-entropy plus the config's z-loss)."""
-  from pgf import text_tasks  # pylint: disable=g-import-not-at-top
+  by default), with the loss of `pgf.train.text_tasks` (token cross-entropy plus the config's z-loss)."""
+  from pgf.train import text_tasks  # pylint: disable=g-import-not-at-top
   from pgf.models import t5 as t5_lib  # pylint: disable=g-import-not-at-top
   m = config.model
   sizes = {k: m.get(k) for k in t5_lib.VARIANTS["base"] if m.get(k) is not None}
@@ -148,7 +90,7 @@ def synthetic_t5(config, batch: int, input_length: int, target_length: int,
 
 def task_based(config):
   """(init_fn, loss_fn, batch) from the config's own task and its first training batch."""
-  from pgf.tasks import build_task  # pylint: disable=g-import-not-at-top
+  from pgf.train.tasks import build_task  # pylint: disable=g-import-not-at-top
   task = build_task(config)
   return task.init_fn, task.loss_fn, task.train_source.train_batch(0)
 
@@ -348,24 +290,9 @@ def main():
   if args.mesh or not config.get("mesh"):
     config_lib.add_sharding(config, **parse_mesh(args.mesh),
                             rules=config.get("sharding_rules") or None)
-  is_vit = config.model.name == "vit"
-  is_resnet = config.model.name == "resnet"
-  if is_vit and args.variant:
-    config.model.variant = args.variant
-  if is_resnet:
-    args.image_size = args.image_size or config.data.image_size
-    init_fn, loss_fn, local_batch = synthetic_resnet(config, args.image_size, args.batch)
-  elif config.model.name == "swin":
-    from pgf.models.swin import VARIANTS  # pylint: disable=g-import-not-at-top
-    if args.variant in VARIANTS:
-      config.model.variant = args.variant
-    args.image_size = args.image_size or config.data.image_size
-    init_fn, loss_fn, local_batch = synthetic_swin(config, args.image_size, args.batch)
-    is_vit = True  # an image model: the header names the image size
-  else:
-    args.image_size = args.image_size or 224
-    init_fn, loss_fn, local_batch = (synthetic_vit(config, args.image_size, args.batch)
-                                     if is_vit else task_based(config))
+  from pgf import families  # pylint: disable=g-import-not-at-top
+  init_fn, loss_fn, local_batch, described = families.of_config(config).bench_inputs(
+      config, args.batch, args.image_size, args.variant)
   problems = sharding.config_problems(config, jax.device_count())
   if problems:
     raise SystemExit("Invalid config:\n  - " + "\n  - ".join(problems))
@@ -381,10 +308,7 @@ def main():
   times, ratios, ops = result["times"], result["ratios"], result["ops"]
 
   ff = ",".join(f"{rule[1]}" for rule in config.sparsity.rules) or "none"
-  variant = (f"stages {tuple(config.model.stage_sizes)} width {config.model.width}" if is_resnet
-             else config.model.variant)
-  print(f"\n{config.model.name} {variant}, batch {args.batch}"
-        f"{f', {args.image_size}px' if is_vit or is_resnet else ''}, rules {ff}, mesh "
+  print(f"\n{config.model.name} {described}, rules {ff}, mesh "
         f"{dict(mesh.shape)} {mesh.axis_types[0].name}, {jax.device_count()} x "
         f"{jax.devices()[0].device_kind}, jax {jax.__version__}; {args.rounds} rounds x "
         f"{args.steps} steps per measurement, each method back to back with dense\n")

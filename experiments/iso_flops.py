@@ -57,7 +57,7 @@ def dense_curve_cells(family: str, fractions=FRACTIONS, seeds=SEEDS) -> list[swe
       cells += [dataclasses.replace(c, name=f"vit_dense_{steps}steps_s{c.seed}")
                 for c in grid.cells]
     return cells
-  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  from pgf import families  # pylint: disable=g-import-not-at-top
   pretrains = {seed: sweep._t5_pretrain(seed, sweep.T5_SHARED_RUNS) for seed in seeds}  # pylint: disable=protected-access
   cells += list(pretrains.values())
   for fraction in fractions:
@@ -65,13 +65,13 @@ def dense_curve_cells(family: str, fractions=FRACTIONS, seeds=SEEDS) -> list[swe
     for seed in seeds:
       cells.append(sweep._t5_finetune(  # pylint: disable=protected-access
           f"t5_dense_{steps}steps_s{seed}", pretrains[seed], "dense", "1:16", seed, steps,
-          ((config_lib.T5_FF, "1:16"),)))
+          families.get("t5").rules("1:16")))
   return cells
 
 
 def cell_config(cell: sweep.Cell, out: str):
   """The config `cell` trains (its config file with its overrides applied)."""
-  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  from pgf.train import config_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.load(os.path.join(ROOT, cell.config))
   config_lib.apply_overrides(config, {k: (v.format(out=out) if isinstance(v, str) else v)
                                       for k, v in cell.overrides})
@@ -83,7 +83,7 @@ _MATMULS = {}
 
 def training_flops(cell: sweep.Cell, out: str) -> float:
   """Training FLOPs of `cell`'s whole recipe, at its batch size."""
-  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  from pgf.train import config_lib  # pylint: disable=g-import-not-at-top
   from pgf.analysis import flops  # pylint: disable=g-import-not-at-top
   config = cell_config(cell, out)
   key = (cell.config, tuple((k, v) for k, v in cell.overrides if k.startswith(("model.", "data."))))

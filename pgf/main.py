@@ -91,7 +91,7 @@ def _flush_logs() -> None:
 def _exit_now(status: int, wait_s: float = 5.0) -> None:
   """Ends this process of a multi-process job at once. A normal exit would run
   jax.distributed.shutdown, which waits for every process -- minutes when one is gone."""
-  from pgf import multihost  # pylint: disable=g-import-not-at-top
+  from pgf.train import multihost  # pylint: disable=g-import-not-at-top
   _flush_logs()
   multihost.before_exit(wait_s)
   _flush_logs()
@@ -124,7 +124,8 @@ def run(config, workdir: str, coordinator_address: str | None = None,
   a successful `train_and_evaluate` (tests gather results there).
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from pgf import distributed, multihost, train  # pylint: disable=g-import-not-at-top
+  from pgf import train  # pylint: disable=g-import-not-at-top
+  from pgf.train import distributed, multihost  # pylint: disable=g-import-not-at-top
   if startup_timeout is None:
     startup_timeout = float(os.environ.get("PGF_STARTUP_TIMEOUT") or
                             distributed.DEFAULT_STARTUP_TIMEOUT)
@@ -228,7 +229,7 @@ def run(config, workdir: str, coordinator_address: str | None = None,
 def _message(error: BaseException, train) -> str:
   if isinstance(error, (ValueError, FileNotFoundError, train.NonFiniteError)):
     return str(error)
-  from pgf import multihost  # pylint: disable=g-import-not-at-top
+  from pgf.train import multihost  # pylint: disable=g-import-not-at-top
   if isinstance(error, multihost.MultihostError):
     return str(error)
   log.error("%s", "".join(traceback.format_exception(error)))
@@ -236,7 +237,8 @@ def _message(error: BaseException, train) -> str:
 
 
 def _train(config, workdir, stop, after, reraise: bool = False) -> int:
-  from pgf import multihost, train  # pylint: disable=g-import-not-at-top
+  from pgf import train  # pylint: disable=g-import-not-at-top
+  from pgf.train import multihost  # pylint: disable=g-import-not-at-top
   try:
     summary = train.train_and_evaluate(config, workdir, stop=stop)
     if after is not None:

@@ -59,9 +59,11 @@ def main():
   faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints where a hung process is
   logging.basicConfig(level=logging.INFO,
                       format="%(relativeCreated)6.0fms %(levelname)s %(message)s")
-  from pgf import config_lib, main as pgf_main, train  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from pgf import main as pgf_main  # pylint: disable=g-import-not-at-top
+  from pgf.train import loop as train  # pylint: disable=g-import-not-at-top
+  from pgf.train import config_lib  # pylint: disable=g-import-not-at-top
 
   config = config_lib.load(os.path.join(ROOT, spec["config"]))
   config_lib.apply_overrides(config, spec.get("overrides", {}))
@@ -116,7 +118,7 @@ def main():
   train.build_task = build_task_with_faults
 
   if spec.get("extra_vote"):
-    from pgf import checkpointing, multihost  # pylint: disable=g-import-not-at-top
+    from pgf.train import checkpointing, multihost  # pylint: disable=g-import-not-at-top
     restore_latest = checkpointing.Checkpointer.restore_latest
 
     def restore_latest_after_an_extra_vote(self, *args, **kwargs):

@@ -28,7 +28,9 @@ def main():
   spec = json.loads(sys.argv[1])
   import numpy as np  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from pgf import config_lib, main as pgf_main, train  # pylint: disable=g-import-not-at-top
+  from pgf import main as pgf_main  # pylint: disable=g-import-not-at-top
+  from pgf.train import loop as train  # pylint: disable=g-import-not-at-top
+  from pgf.train import config_lib  # pylint: disable=g-import-not-at-top
 
   config = config_lib.load(os.path.join(ROOT, spec["config"]))
   config_lib.apply_overrides(config, spec.get("overrides", {}))

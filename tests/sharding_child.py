@@ -50,7 +50,7 @@ MASK_CASES = [
 
 
 def have_t5() -> bool:
-  return importlib.util.find_spec("pgf.text_tasks") is not None
+  return importlib.util.find_spec("pgf.train.text_tasks") is not None
 
 
 def models() -> tuple[str, ...]:
@@ -59,7 +59,8 @@ def models() -> tuple[str, ...]:
 
 def build_config(model: str, mesh: dict | None = None):
   """A tiny sparse ViT or T5 config that trains STEPS steps in seconds, on `mesh`."""
-  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  from pgf.families import t5 as t5_family  # pylint: disable=g-import-not-at-top
+  from pgf.train import config_lib  # pylint: disable=g-import-not-at-top
   if model == "vit":
     config = config_lib.load(os.path.join(ROOT, "configs", "vit_1_16.py:demo"))
     config.model.update(variant="Ti/4", width=32, depth=2, num_heads=2, mlp_dim=64)
@@ -70,7 +71,7 @@ def build_config(model: str, mesh: dict | None = None):
     config.model.update(variant="tiny", emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
                         num_encoder_layers=1, num_decoder_layers=1)
     config.data.update(input_length=48, num_eval_examples=20)
-    config.sparsity.update(method="mdgf_exp", rules=config_lib.t5_rules("1:8", qkv="1:8"))
+    config.sparsity.update(method="mdgf_exp", rules=t5_family.t5_rules("1:8", qkv="1:8"))
     config.update(batch_size=16, eval_batch_size=12)
   config.sparsity.update(dense_fraction=0.2, finetune_fraction=0.2)
   config.optim.update(lr=1e-2, reference_batch=config.batch_size, warmup_steps=0)
@@ -121,8 +122,8 @@ def spec_of(array) -> list:
 def run_model(base: str, model: str, out: dict) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from pgf import sharding  # pylint: disable=g-import-not-at-top
-  from pgf.checkpointing import Checkpointer  # pylint: disable=g-import-not-at-top
+  from pgf.train import sharding  # pylint: disable=g-import-not-at-top
+  from pgf.train.checkpointing import Checkpointer  # pylint: disable=g-import-not-at-top
   from pgf.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
   single_params = load_arrays(os.path.join(base, f"1dev_{model}", "params.npz"))
   for name in MESHES_OF[model]:

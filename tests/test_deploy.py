@@ -255,7 +255,7 @@ def test_report_bytes_match_the_written_file():
 
 def test_trained_demo_exported_reloaded_same_accuracy(tmp_path):
   """Done-when of the deploy issue: train, export with the CLI, reload compressed, evaluate."""
-  from pgf import tasks
+  from pgf.train import tasks
   from pgf.train import train_and_evaluate
   from tests.test_train_vit import load_config, tiny_vit
   config = tiny_vit(load_config(os.path.join(ROOT, "configs", "vit_1_16.py"), "demo"), patch=4)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import pgf
-from pgf import config_lib
+from pgf.train import config_lib
 from pgf.data import mixup
 from pgf.data.synthetic import SyntheticImageSource
-from pgf.tasks import build_task
+from pgf.train.tasks import build_task
 from pgf.train import build_recipe, train_and_evaluate
 from test_train_vit import ROOT, load_config, tiny_vit
 

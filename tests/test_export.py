@@ -13,7 +13,7 @@ import pytest
 
 import pgf
 from pgf.analysis import export
-from pgf.checkpointing import Checkpointer
+from pgf.train.checkpointing import Checkpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

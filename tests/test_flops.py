@@ -11,7 +11,8 @@ import pytest
 
 import pgf
 from pgf.analysis import flops
-from pgf.config_lib import VIT_FF
+from pgf.families.t5 import T5_DEMO_SIZES
+from pgf.families.vit import VIT_FF
 from pgf.models import t5 as t5_lib
 from pgf.models import vit as vit_lib
 from pgf.sparsify import leaf_path
@@ -191,11 +192,11 @@ def test_cli_prints_the_table():
 
 
 def test_t5_configs_per_sequence_and_token():
-  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  from pgf.train import config_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.load(os.path.join(ROOT, "configs", "t5_1_4.py:demo"))
   matmuls = flops.matmuls_from_config(config)
   # The longest genre label plus EOS is 8 bytes; the byte vocabulary rounds up to 384.
-  tiny = t5_lib.get_config("tiny", 384, **config_lib.T5_DEMO_SIZES)
+  tiny = t5_lib.get_config("tiny", 384, **T5_DEMO_SIZES)
   assert matmuls == flops.t5_matmuls(tiny, 192, 8)
   text = flops.describe(config)
   assert "192 input + 8 target tokens" in text and "per sequence" in text and "per token" in text

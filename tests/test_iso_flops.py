@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from pgf import config_lib
+from pgf.train import config_lib
 from pgf.analysis import flops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -250,7 +250,7 @@ def final_params(workdir) -> dict:
 def final_masks(params: dict) -> dict:
   """The N:M masks of the final step, computed on this process's single device."""
   import pgf  # pylint: disable=import-outside-toplevel
-  from pgf import config_lib  # pylint: disable=import-outside-toplevel
+  from pgf.train import config_lib  # pylint: disable=import-outside-toplevel
   from pgf.train import build_recipe  # pylint: disable=import-outside-toplevel
   config = config_lib.load(os.path.join(ROOT, VIT["config"]))
   config_lib.apply_overrides(config, VIT["overrides"])
@@ -300,7 +300,7 @@ def stopped_steps(job) -> list:
 
 # ----------------------------------------------------------------------------- in this process
 def test_plan_from_flags_and_environment():
-  from pgf.distributed import plan  # pylint: disable=import-outside-toplevel
+  from pgf.train.distributed import plan  # pylint: disable=import-outside-toplevel
   assert plan({}) is None  # one process: nothing to initialise
   explicit = {"coordinator_address": "10.0.0.2:1234", "num_processes": 4, "process_id": 3}
   assert plan({"PGF_COORDINATOR_ADDRESS": "10.0.0.2:1234", "PGF_NUM_PROCESSES": "4",
@@ -329,7 +329,7 @@ def test_plan_from_flags_and_environment():
      ["--process_id=2 is not below --num_processes=2"]),
 ])
 def test_incomplete_or_bad_settings_name_what_is_missing(environ, flags, fragments):
-  from pgf.distributed import plan  # pylint: disable=import-outside-toplevel
+  from pgf.train.distributed import plan  # pylint: disable=import-outside-toplevel
   with pytest.raises(ValueError) as info:
     plan(environ, **flags)
   for fragment in fragments:
@@ -337,8 +337,8 @@ def test_incomplete_or_bad_settings_name_what_is_missing(environ, flags, fragmen
 
 
 def test_one_process_agrees_with_itself():
-  from pgf import multihost  # pylint: disable=import-outside-toplevel
-  from pgf.checkpointing import agreed_newest_step  # pylint: disable=import-outside-toplevel
+  from pgf.train import multihost  # pylint: disable=import-outside-toplevel
+  from pgf.train.checkpointing import agreed_newest_step  # pylint: disable=import-outside-toplevel
   assert multihost.agree_max(True, "a") == 1 and multihost.agree_min(False, "b") == 0
   assert multihost.start_max(7, "c", 3).result() == 7
   assert agreed_newest_step([3, 6, 9]) == 9 and agreed_newest_step([3, 6, 9], below=9) == 6
@@ -349,7 +349,7 @@ def test_init_from_reads_only_the_params_and_checks_they_fit(tmp_path):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
-  from pgf.checkpointing import Checkpointer  # pylint: disable=import-outside-toplevel
+  from pgf.train.checkpointing import Checkpointer  # pylint: disable=import-outside-toplevel
   from pgf.train import _init_params_from  # pylint: disable=import-outside-toplevel
   source = tmp_path / "pre-training"
   checkpointer = Checkpointer(str(source), async_save=False)
@@ -405,7 +405,7 @@ def test_two_processes_train_like_one(runs, mesh):
   two = runs(f"{mesh}_2p")
   assert_same_training(two, runs("data_1p"))
   # The final evaluation sweeps 38 batches of 8, twice (current and deployed weights): it used
-  # to deadlock in 2 processes (independent all-reduce programs in flight; pgf/train.py).
+  # to deadlock in 2 processes (independent all-reduce programs in flight; pgf/train/loop.py).
   got, want = eval_metrics(two), eval_metrics(runs("data_1p"))
   assert got.keys() == want.keys() and "current_accuracy" in got
   for key in got.keys() - {"step", "kind"}:
@@ -516,7 +516,7 @@ def test_disagreements_failures_and_launch_mistakes_end_every_process_with_a_mes
   jobs = {
       "disagree": dict(spec=spec, processes=2, process_overrides={"1": {"seed": 1,
                                                                        "batch_size": 64}},
-                       code_edit="pgf/train.py", fault_processes=[1]),
+                       code_edit="pgf/train/loop.py", fault_processes=[1]),
       "fails": dict(spec=spec, processes=2, fail_at=-1, fault_processes=[1]),
       "other path": dict(spec=spec, processes=2, extra_vote=True, fault_processes=[1]),
       # SIGTERM to process 0 while it waits for process 1 to connect; 1 starts after that.
@@ -539,7 +539,7 @@ def test_disagreements_failures_and_launch_mistakes_end_every_process_with_a_mes
   assert job.returncodes == [1, 1], job.describe()
   for p in range(2):
     for field in ("config.seed = 1 (process 0: 0)", "config.batch_size = 64 (process 0: 32)",
-                  "code.pgf/train.py"):
+                  "code.pgf/train/loop.py"):
       assert field in errors(job, p), job.describe()
   assert not os.path.exists(tmp_path / "disagree" / "checkpoints"), "it must not train"
   job = done["fails"]

@@ -11,7 +11,7 @@ import pytest
 
 import pgf
 from pgf.analysis import noise
-from pgf.checkpointing import Checkpointer
+from pgf.train.checkpointing import Checkpointer
 
 
 def test_masked_mean_var_by_hand():

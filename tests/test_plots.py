@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 import pgf
-from pgf import config_lib
+from pgf.families import vit as vit_family
 from pgf.analysis import plots
 from pgf.analysis.schedule import schedule_arrays
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-FF = config_lib.VIT_FF
+FF = vit_family.VIT_FF
 
 
 def assert_png(path):
@@ -68,7 +68,7 @@ def write_run(workdir, method, seed=0, noise=True, steps=40):
                     "current_accuracy": 0.55 + step / 100, "deployed_loss": 1.0})
   with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
     f.write("\n".join(json.dumps(line) for line in lines) + "\n{\"torn")
-  config = config_lib.vit_config(ff="1:16", arg=f"demo,method={method},steps={steps}")
+  config = vit_family.vit_config(ff="1:16", arg=f"demo,method={method},steps={steps}")
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort())
   with open(os.path.join(workdir, "recipe.json"), "w") as f:

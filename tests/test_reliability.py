@@ -148,7 +148,7 @@ def test_torn_latest_checkpoint_falls_back_to_the_previous_one(uninterrupted, tm
 
 def test_keep_last_k_never_deletes_the_only_good_checkpoint(tmp_path):
   import jax.numpy as jnp
-  from pgf.checkpointing import Checkpointer
+  from pgf.train.checkpointing import Checkpointer
   state = {"w": jnp.arange(4.0)}
   checkpointer = Checkpointer(str(tmp_path / "with space"), keep=1, async_save=False)
   checkpointer.save(1, state)
@@ -173,7 +173,7 @@ def test_saves_are_atomic_directories(tmp_path):
   """Orbax writes into a temporary directory and renames it when complete: a step directory
   that exists is finished, and unfinished ones are never counted as steps."""
   import jax.numpy as jnp
-  from pgf.checkpointing import Checkpointer
+  from pgf.train.checkpointing import Checkpointer
   checkpointer = Checkpointer(str(tmp_path), keep=2, async_save=True)
   checkpointer.save(3, {"w": jnp.ones(1000)})
   checkpointer.wait()
@@ -187,7 +187,7 @@ def test_saves_are_atomic_directories(tmp_path):
 def test_every_config_problem_is_reported_at_once_before_compiling(tmp_path):
   """One ValueError names each bad field and value; nothing is compiled or written."""
   from test_train_vit import load_config  # pylint: disable=import-outside-toplevel
-  from pgf import sharding
+  from pgf.train import sharding
   from pgf.train import train_and_evaluate
   config = load_config(os.path.join(ROOT, "configs", "vit_1_16.py"), "demo")
   config.sparsity.method = "mdgf_expo"

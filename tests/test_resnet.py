@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import pgf
-from pgf import config_lib, deploy
+from pgf import deploy
+from pgf.train import config_lib
 from pgf.analysis import export
 from pgf.models.resnet import ResNet
 from pgf.train import build_recipe, train_and_evaluate
@@ -209,7 +210,7 @@ PAPER_METHODS = ("sr_ste", "mdgf_exp")  # the methods of Table 6
 
 
 def resnet50_abstract_params(config):
-  from pgf.tasks import resnet_model
+  from pgf.families.resnet import resnet_model
   model = resnet_model(config, 10)
   size = config.data.image_size
   return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
@@ -256,7 +257,7 @@ def test_bad_resnet_fields_are_named():
 # ----------------------------------------------------------------------------- sharding, flops
 def test_default_sharding_rules_place_conv_kernels():
   from jax.sharding import AbstractMesh, AxisType, PartitionSpec
-  from pgf import sharding
+  from pgf.train import sharding
   mesh = AbstractMesh((1, 2, 4), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
   rules = sharding.parse_rules(sharding.DEFAULT_RULES)
   spec = lambda path, shape: sharding.leaf_spec(path, shape, rules, mesh)
@@ -294,8 +295,8 @@ import json, os, sys
 sys.path.insert(0, sys.argv[1])
 import jax, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
-from pgf import config_lib
-from pgf.tasks import build_task
+from pgf.train import config_lib
+from pgf.train.tasks import build_task
 config = config_lib.load(os.path.join(sys.argv[1], "configs", "resnet50_1_8.py:demo"))
 config.model.update(stage_sizes=(1, 1), width=8)
 config.update(batch_size=32)

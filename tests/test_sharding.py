@@ -19,9 +19,9 @@ import pytest
 from jax.sharding import AbstractMesh, AxisType, PartitionSpec
 
 import sharding_child as child
-from pgf import config_lib
-from pgf import sharding
-from pgf.checkpointing import Checkpointer
+from pgf.train import config_lib
+from pgf.train import sharding
+from pgf.train.checkpointing import Checkpointer
 from pgf.train import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

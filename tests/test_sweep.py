@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from pgf import config_lib
+from pgf.families import t5 as t5_family
+from pgf.train import config_lib
 from pgf.train import preflight
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,7 +56,7 @@ def test_full_grids_are_the_issue_grids_and_every_cell_passes_preflight(name):
       assert config.sparsity.method == cell.method and config.noise_every > 0
       if name == "t5_shakespeare_qkv":
         assert [r[1] for r in config.sparsity.rules] == ["1:8", cell.pattern]
-        assert config.sparsity.rules[1][0] == config_lib.T5_QKV
+        assert config.sparsity.rules[1][0] == t5_family.T5_QKV
         assert config.init_from == os.path.join(sweep.T5_SHARED_RUNS, f"pretrain_s{cell.seed}")
       else:
         assert [r[1] for r in config.sparsity.rules] == [cell.pattern]

@@ -14,7 +14,8 @@ import pytest
 from jax.sharding import AbstractMesh, AxisType, PartitionSpec
 
 import pgf
-from pgf import config_lib, config_swin, sharding
+from pgf.families import swin as config_swin
+from pgf.train import config_lib, sharding
 from pgf.analysis import flops
 from pgf.models import swin
 from pgf.train import build_recipe, train_and_evaluate
@@ -184,13 +185,12 @@ def test_every_swin_config_x_method_fits_swinv2_b():
 
 
 def test_every_swin_demo_x_method_fits_its_model():
-  from pgf import tasks  # pylint: disable=g-import-not-at-top
   for path in SWIN_CONFIGS:
     for method in METHODS:
       config = load_config(path, f"demo,method={method}")
       config_lib.validate(config)
       assert config.data.name == "digits" and config.model.dtype == "float32"
-      model = tasks.swin_model(config, 10)
+      model = config_swin.swin_model(config, 10)
       params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)),
                                                  train=False))["params"]
       recipe, _ = pgf.fit_sdgf_k(params, build_recipe(config, config.total_steps))

@@ -12,8 +12,8 @@ import optax
 import pytest
 
 import pgf
-from pgf import config_lib
-from pgf import text_tasks
+from pgf.train import config_lib
+from pgf.train import text_tasks
 from pgf.models import t5
 from pgf.train import build_recipe, preflight, train_and_evaluate
 

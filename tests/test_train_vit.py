@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import pgf
-from pgf import config_lib
+from pgf.train import config_lib
 from pgf.models import vit as vit_lib
 from pgf.train import build_recipe, train_and_evaluate
 
@@ -110,12 +110,12 @@ def test_every_vit_config_runs_every_method_on_vit_b16():
 
 def test_every_vit_demo_runs_every_method():
   """The `:demo` twin of every row fits its small model with every method (1:128 widens it)."""
-  from pgf import tasks  # pylint: disable=g-import-not-at-top
+  from pgf.families import vit as vit_family  # pylint: disable=g-import-not-at-top
   for path in VIT_CONFIGS:
     for method in FIT_METHODS:
       config = load_config(path, f"demo,method={method}")
       config_lib.validate(config)
-      model = tasks.vit_model(config, 10)
+      model = vit_family.vit_model(config, 10)
       params = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 16, 16, 1)),
                                                  train=False))["params"]
       recipe, _ = pgf.fit_sdgf_k(params, build_recipe(config, config.total_steps))
@@ -162,7 +162,7 @@ def test_main_rejects_an_override_typo(tmp_path):
 
 def test_deployed_metrics_use_the_stored_masks(tmp_path):
   """With mask_update_every > 1 the trainer deploys the masks the forward pass used."""
-  from pgf.tasks import build_task  # pylint: disable=g-import-not-at-top
+  from pgf.train.tasks import build_task  # pylint: disable=g-import-not-at-top
   config = tiny_vit(load_config(os.path.join(ROOT, "configs", "vit_1_16.py"), "demo"), patch=4)
   config.update(total_steps=12, log_every=12, eval_every=12, checkpoint_every=12,
                 eval_batch_size=300)

@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from pgf import text_tasks
+from pgf.families import t5 as t5_family
+from pgf.train import text_tasks
 from pgf.data import shakespeare
 from pgf.data import tokenizers
 from pgf.data.tokenizers import SentencePieceTokenizer
@@ -48,7 +49,7 @@ def test_sentencepiece_training_is_deterministic_and_checks_size(spm_file, tmp_p
 
 
 def test_t5_tokenizer_path_accepts_a_sentencepiece_model(spm_file):
-  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  from pgf.train import config_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.load(os.path.join(ROOT, "configs", "t5_1_32.py") +
                            ":demo,dataset=shakespeare_next_line")
   config.data.tokenizer = spm_file
@@ -97,7 +98,7 @@ TINY = dict(variant="tiny", emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64, nu
 
 
 def load_config(name, arg=None):
-  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  from pgf.train import config_lib  # pylint: disable=g-import-not-at-top
   return config_lib.load(os.path.join(ROOT, "configs", name) + (f":{arg}" if arg else ""))
 
 
@@ -165,7 +166,7 @@ def wmt_params():
   """Abstract params of the full-size WMT model with the 32k vocabulary (nothing materialised)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  model = text_tasks.t5_model(load_config("wmt_1_16.py"), vocab_size=32_000)
+  model = t5_family.t5_model(load_config("wmt_1_16.py"), vocab_size=32_000)
   return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32),
                                            jnp.ones((1, 4), jnp.int32)))["params"]
 
@@ -173,7 +174,7 @@ def wmt_params():
 def test_every_wmt_config_and_method_fits_the_full_size_model(wmt_params):
   import jax  # pylint: disable=g-import-not-at-top
   import pgf  # pylint: disable=g-import-not-at-top
-  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  from pgf.train import config_lib  # pylint: disable=g-import-not-at-top
   from pgf.train import build_recipe, learning_rate  # pylint: disable=g-import-not-at-top
   sizes = [int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(wmt_params)]
   assert 205e6 < sum(sizes) < 215e6  # 212M, the Flax WMT example's size class
@@ -200,7 +201,7 @@ def test_every_wmt_config_and_method_fits_the_full_size_model(wmt_params):
 def test_default_sharding_places_the_wmt_kernels(wmt_params):
   import jax  # pylint: disable=g-import-not-at-top
   from jax.sharding import AbstractMesh, AxisType, PartitionSpec  # pylint: disable=g-import-not-at-top
-  from pgf import sharding  # pylint: disable=g-import-not-at-top
+  from pgf.train import sharding  # pylint: disable=g-import-not-at-top
   from pgf.sparsify import leaf_path  # pylint: disable=g-import-not-at-top
   mesh = AbstractMesh((1, 8, 2), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
   rules = sharding.parse_rules(sharding.DEFAULT_RULES)
@@ -259,7 +260,7 @@ def test_bleu_is_sacrebleu_on_the_detokenized_pieces(spm_file):
     ("data.name", "wmt19", "config.data.name='wmt19'"),
 ])
 def test_bad_wmt_config_fields_are_named(field, value, message):
-  from pgf import config_lib  # pylint: disable=g-import-not-at-top
+  from pgf.train import config_lib  # pylint: disable=g-import-not-at-top
   config = load_config("wmt_1_32.py")
   config.data.tokenizer = "/path/to/wmt_de_en_32k.model"
   config_lib.apply_overrides(config, {field: value})

@@ -60,7 +60,6 @@ COUNTED_GROUPS = ("attention", "mlp", "merging", "conv")
 ALL_GROUPS = ("attention", "mlp", "merging", "conv", "embedding", "head")
 # The FF patterns of the paper's Appendix D table.
 PAPER_PATTERNS = ("2:4", "1:4", "1:8", "1:16", "1:32", "1:128")
-_VIT_CLASSES = {"imagenet2012": 1000, "cifar10": 10, "digits": 10}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,77 +271,11 @@ def t5_matmuls(config: Any = "base", input_length: int = 512,
 
 def matmuls_from_config(config, class_token: bool = False, input_length: int | None = None,
                         target_length: int | None = None) -> tuple[Matmul, ...]:
-  """The matmuls of the model a pgf config (configs/*.py) trains, per example."""
-  model = config.model
-  if model.get("name") == "vit":
-    from pgf.models.vit import decode_variant  # pylint: disable=g-import-not-at-top
-    dims = decode_variant(model.variant)
-    dims.update({k: model[k] for k in ("width", "depth", "mlp_dim", "num_heads", "patch_size")
-                 if k in model})
-    if "patch_size" not in dims:
-      raise ValueError(f"config.model.variant={model.variant!r}: needs a patch size, e.g. 'B/16'")
-    data = config.data
-    # Only a "tok" model has a class token; "gap" pools the patch tokens.
-    class_token = class_token and model.get("pool_type", "tok") == "tok"
-    return vit_matmuls(dims, int(data.image_size), int(data.get("channels", 3)),
-                       _VIT_CLASSES.get(data.get("name"), 1000), class_token)
-  if model.get("name") == "t5":
-    return _t5_from_config(config, input_length, target_length)
-  if model.get("name") == "swin":
-    from pgf.config_swin import model_kwargs  # pylint: disable=g-import-not-at-top
-    sizes = model_kwargs(model)
-    data = config.data
-    return swin_matmuls(sizes, int(data.image_size), sizes["window_size"], sizes["patch_size"],
-                        int(data.get("channels", 3)), _VIT_CLASSES.get(data.get("name"), 1000),
-                        sizes["mlp_ratio"])
-  if model.get("name") == "resnet":
-    data = config.data
-    return resnet_matmuls(tuple(model.stage_sizes), int(model.width), model.stem,
-                          int(data.image_size), int(data.get("channels", 3)),
-                          _VIT_CLASSES.get(data.get("name"), 1000))
-  raise ValueError(f"config.model.name={model.get('name')!r}: expected 'vit', 'swin', 'resnet' "
-                   "or 't5'")
-
-
-def _t5_from_config(config, input_length: int | None, target_length: int | None):
-  """T5 sizes, vocabulary and sequence lengths the way pgf/text_tasks.py derives them."""
-  from pgf import text_tasks  # pylint: disable=g-import-not-at-top
-  from pgf.data import span_corruption  # pylint: disable=g-import-not-at-top
-  from pgf.models import t5 as t5_lib  # pylint: disable=g-import-not-at-top
-  model, data = config.model, config.data
-  sizes = {k: model.get(k) for k in t5_lib.VARIANTS["base"] if model.get(k) is not None}
-  # A config that fixes model.vocab_size (WMT's 32k) is counted without its vocabulary file.
-  tokenizer = None if model.get("vocab_size") else text_tasks.build_tokenizer(data)
-  c = t5_lib.get_config(model.get("variant", "base"),
-                        model.get("vocab_size") or text_tasks.model_vocab_size(config, tokenizer),
-                        logits_via_embedding=model.get("logits_via_embedding", False), **sizes)
-  input_length = input_length or data.get("input_length")
-  if not input_length:
-    raise ValueError("config.data.input_length is not set: pass --input_length")
-  target_length = target_length or data.get("target_length") or None
-  if target_length is None:
-    if text_tasks.dataset_kind(data.name) == "span_corruption":
-      target_length = span_corruption.random_spans_helper(input_length)[1]
-    else:
-      target_length = _label_length(config, tokenizer or text_tasks.build_tokenizer(data))
-  return t5_matmuls(c, int(input_length), int(target_length))
-
-
-def _label_length(config, tokenizer) -> int:
-  """Targets length of a classification dataset: its longest label plus EOS (as its source)."""
-  from pgf import text_tasks  # pylint: disable=g-import-not-at-top
-  from pgf.data import text  # pylint: disable=g-import-not-at-top
-  name = config.data.name
-  if name == "glue" or name.startswith("glue/"):
-    # GLUE's labels are static, so no TFDS data is needed (regression tasks print "0.0".."5.0").
-    tasks = text.GLUE_MIXTURE_TASKS if name == "glue" else (name[len("glue/"):],)
-    words = [w for t in tasks for w in (text.GLUE_TASKS[t][1] or ("0.0", "5.0"))]
-    return text.label_target_length(tokenizer, words, None)
-  try:
-    return text_tasks.build_text_source(config, tokenizer).target_length
-  except (ValueError, OSError, KeyError) as e:
-    raise ValueError(f"config.data.target_length=0 and the {name!r} data could not be opened "
-                     f"to measure its labels ({e}): pass --target_length") from e
+  """The matmuls of the model a pgf config (configs/*.py) trains, per example: its family's
+  `matmuls` (pgf/families/)."""
+  from pgf import families  # pylint: disable=g-import-not-at-top
+  return tuple(families.of_config(config).matmuls(
+      config, class_token=class_token, input_length=input_length, target_length=target_length))
 
 
 # ----------------------------------------------------------------------------- densities
@@ -538,40 +471,17 @@ def describe(config, steps: int | None = None, class_token: bool = False,
              target_length: int | None = None) -> str:
   """The text `python -m pgf.analysis.flops` prints for a config."""
   from pgf.analysis.runs import total_steps_from_config  # pylint: disable=g-import-not-at-top
-  from pgf.config_lib import build_recipe  # pylint: disable=g-import-not-at-top
+  from pgf.train.config_lib import build_recipe  # pylint: disable=g-import-not-at-top
   matmuls = matmuls_from_config(config, class_token, input_length, target_length)
   total_steps = total_steps_from_config(config, steps)
   recipe = build_recipe(config, total_steps)
-  model = config.model
+  from pgf import families  # pylint: disable=g-import-not-at-top
   convention = (f"matmul = 2 MAC, GFLOPs = 1e9 FLOPs, N:M kernels scaled by N/M, counted: "
                 f"{', '.join(groups)}")
-  if model.name == "vit":
-    query = matmuls[1]  # encoderblock_0/attn/query/kernel: rows = tokens, k = width
-    if model.get("pool_type", "tok") != "tok":
-      token_note = f"pool_type={model.pool_type!r}: no class token"
-    else:
-      token_note = ("class token counted" if class_token
-                    else "class token not counted, as in the paper")
-    header = (f"ViT {model.variant} (width {query.k}) at {config.data.image_size}px: "
-              f"{query.rows} tokens ({token_note})")
-    inference = inference_table(matmuls, recipe, groups, "image")
-  elif model.name == "swin":
-    embed = matmuls[0]
-    header = (f"SwinV2 {model.variant} at {config.data.image_size}px: {embed.rows} tokens in "
-              f"stage 0, window {model.window_size}")
-    inference = inference_table(matmuls, recipe, groups, "image")
-  elif model.name == "resnet":
-    header = (f"ResNet (stages {tuple(model.stage_sizes)}, width {model.width}, {model.stem} "
-              f"stem) at {config.data.image_size}px")
-    inference = inference_table(matmuls, recipe, groups, "image")
-  else:
-    encoder = next(m for m in matmuls if m.name.endswith("attention/query/kernel"))
-    decoder = next(m for m in matmuls if "self_attention/query" in m.name)
-    tokens = encoder.rows + decoder.rows
-    header = (f"T5 {model.get('variant', 'base')}: {encoder.rows} input + {decoder.rows} "
-              f"target tokens per sequence")
-    inference = (inference_table(matmuls, recipe, groups, "sequence") + "\n\n"
-                 + inference_table(matmuls, recipe, groups, "token", divisor=tokens))
+  header, units = families.of_config(config).flops_header(config, matmuls,
+                                                          class_token=class_token)
+  inference = "\n\n".join(inference_table(matmuls, recipe, groups, unit, divisor=divisor)
+                           for unit, divisor in units)
   training = training_table(matmuls, recipe, config.batch_size, groups)
   return "\n".join([
       header, convention, "", "Inference (rules at their target N:M):", inference, "",

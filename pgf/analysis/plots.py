@@ -391,7 +391,7 @@ def main(argv):
   if command == "schedule":
     if f.config is None:
       raise ValueError("schedule needs --config=configs/...py[:arg]")
-    from pgf.config_lib import build_recipe  # pylint: disable=g-import-not-at-top
+    from pgf.train.config_lib import build_recipe  # pylint: disable=g-import-not-at-top
     recipe = build_recipe(f.config, runs.total_steps_from_config(f.config, f.steps or None))
     path = plot_schedule(recipe, f.out, f.title or None)
   elif command == "sweep":

@@ -1,4 +1,4 @@
-"""Reading what a training run left in its workdir (see pgf/train.py).
+"""Reading what a training run left in its workdir (see pgf/train/loop.py).
 
     metrics.jsonl               one JSON object per line: {"step", "kind", ...metrics}
     config.json, recipe.json    the ConfigDict and the pgf.Recipe of the run

@@ -132,28 +132,11 @@ def export_checkpoint(workdir: str, out: str, step: int | None = None,
 
 
 def abstract_model(config):
-  """(model, abstract params, example inputs) of a ViT, SwinV2, ResNet or T5 config, without
-  reading any data (a ResNet's BatchNorm statistics are not params and are left out)."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  name = config.model.name
-  if name in ("vit", "swin", "resnet"):
-    from pgf import tasks  # pylint: disable=g-import-not-at-top
-    from pgf.data import digits, images  # pylint: disable=g-import-not-at-top
-    dataset = config.data.name.split(":")[0].split("/")[0]
-    classes = digits.NUM_CLASSES if dataset == "digits" else images.DATASETS[dataset].num_classes
-    model = tasks.image_model(config, classes)
-    size = config.data.image_size
-    inputs = (jnp.zeros((1, size, size, 3), jnp.float32),)
-  elif name == "t5":
-    from pgf import text_tasks  # pylint: disable=g-import-not-at-top
-    vocab = text_tasks.model_vocab_size(config, text_tasks.build_tokenizer(config.data))
-    model = text_tasks.t5_model(config, vocab)
-    inputs = (jnp.ones((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32))
-  else:
-    raise ValueError(f"config.model.name={name!r}: expected 'vit', 'swin', 'resnet' or 't5'")
-  params = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, *inputs,
-                                             train=False)["params"])
-  return model, params, inputs
+  """(model, abstract params, example inputs) of a config's model, without reading any data (a
+  ResNet's BatchNorm statistics are not params and are left out): its family's
+  `abstract_model` (pgf/families/)."""
+  from pgf import families  # pylint: disable=g-import-not-at-top
+  return families.of_config(config).abstract_model(config)
 
 
 def config_recipe(config) -> Recipe:

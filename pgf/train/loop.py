@@ -7,7 +7,7 @@ learning rate, D(j), the SDGF pattern -- is a pure function of (seed, step), so 
 any step and restarted with the same command finishes with bit-identical parameters.
 
 The state lives on the device mesh of `config.mesh`, placed by `config.sharding_rules`
-(pgf/sharding.py): it is created sharded, restored with this mesh's shardings whatever mesh wrote
+(pgf/train/sharding.py): it is created sharded, restored with this mesh's shardings whatever mesh wrote
 the checkpoint, and every process feeds its own slice of each batch.
 """
 
@@ -28,13 +28,13 @@ import numpy as np
 import optax
 
 import pgf
-from pgf import config_lib
-from pgf import multihost
-from pgf.config_lib import build_recipe  # noqa: F401  (re-exported: tests and tools use it)
-from pgf import sharding as sharding_lib
-from pgf.checkpointing import Checkpointer
-from pgf.metric_writer import MetricWriter
-from pgf.tasks import Task, build_task, num_train_examples
+from pgf.train import config_lib
+from pgf.train import multihost
+from pgf.train.config_lib import build_recipe  # noqa: F401  (re-exported: tests and tools use it)
+from pgf.train import sharding as sharding_lib
+from pgf.train.checkpointing import Checkpointer
+from pgf.train.metric_writer import MetricWriter
+from pgf.train.tasks import Task, build_task, num_train_examples
 
 log = logging.getLogger(__name__)
 
@@ -541,7 +541,7 @@ def _init_params_from(source: str, state, abstract_state, tx):
   reads the same step, and all of them fail together if any one cannot read it.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from pgf import checkpointing  # pylint: disable=g-import-not-at-top
+  from pgf.train import checkpointing  # pylint: disable=g-import-not-at-top
   directory = os.path.join(os.path.abspath(source), "checkpoints")
   steps = []
   if os.path.isdir(directory):

@@ -1,4 +1,4 @@
-"""Config builder and validation for SwinV2 (paper Table 3): the files configs/swin_*.py.
+"""The SwinV2 family (paper Table 3): configs/swin_*.py, pgf/models/swin.py, image classification.
 
   --config=configs/swin_1_16.py                      the paper's SwinV2-B ImageNet recipe
   --config=configs/swin_1_16.py:demo                 small SwinV2 on embedded digits (CPU, minutes)
@@ -11,7 +11,7 @@ Where the defaults come from:
   * the global batch is 128 x 16 = 2048: the paper gives 128 per device, and its ViT runs used
     16 GPUs (the Swin device count is not stated);
   * everything else follows the authors' released timm configs as the ViT recipe does
-    (config_lib.vit_config): AdamW(0.9, 0.999), lr 1e-3 at a reference batch of 4096 (scaled
+    (pgf.families.vit.vit_config): AdamW(0.9, 0.999), lr 1e-3 at a reference batch of 4096 (scaled
     linearly, so 5e-4 at 2048), weight decay 0.01, grad clip 1.0, cosine schedule, sigmoid BCE
     on mixup-0.5 targets, RandAugment rand-m15-n2-p1-mstd0, dropout 0, drop-path 0.1, bf16
     compute. The authors' released `swin_v2_b_train.yaml` trains CIFAR-10 (its lr, epochs and
@@ -23,12 +23,20 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-from pgf import config_lib
+from pgf.families import image, vit
+from pgf.train import config_lib
 
 SWIN_FF = r"stages_\d+/blocks_\d+/mlp/fc[12]/kernel"
 SWIN_QK = r"stages_\d+/blocks_\d+/attn/(query|key)/kernel"
 SWIN_QKV = r"stages_\d+/blocks_\d+/attn/(query|key|value)/kernel"
 SIZE_FIELDS = ("embed_dim", "depths", "num_heads")
+NAME = "swin"
+# Q/K/V/out and MLP kernels have the ViT layout and take the ViT rules. The position-bias MLP
+# (attn/cpb_mlp, 2 -> 512 -> heads over a constant table) and per-head logit scale are tiny and
+# read whole by every device; listed first so that "mlp/fc1/kernel$" does not split cpb_mlp/fc1
+# Megatron-style.
+SHARDING_RULES = ((r"attn/cpb_mlp/", "replicated"), (r"attn/logit_scale$", "replicated"),
+                  *vit.SHARDING_RULES)
 # The CPU demo model: 3 stages (8x8, 4x4, 2x2 tokens of 16x16 digits at patch 2), window 4, so
 # stage 0 has shifted windows, stage 1 one whole-map window and stage 2 a window shrunk to 2.
 DEMO_SIZES = dict(embed_dim=32, depths=(2, 2, 2), num_heads=(2, 4, 8))
@@ -46,6 +54,9 @@ def swin_rules(ff: str | None, qk: str | None = None, qkv: str | None = None):
   return tuple(rules)
 
 
+rules = swin_rules
+
+
 def swin_config(ff: str | None = "1:16", qk: str | None = None, qkv: str | None = None,
                 arg: str | None = None) -> ml_collections.ConfigDict:
   """The paper's SwinV2-B ImageNet-1k recipe (or its `:demo` twin) at the given patterns.
@@ -58,8 +69,9 @@ def swin_config(ff: str | None = "1:16", qk: str | None = None, qkv: str | None 
   base = ",".join(f"{k}={v}" for k, v in (("method", arg.method), ("seed", arg.seed)))
   if arg.dataset:
     base += f",dataset={arg.dataset}"
-  config = config_lib.vit_config(ff=None, arg=base + (",demo" if arg.demo else ""))
+  config = vit.vit_config(ff=None, arg=base + (",demo" if arg.demo else ""))
   config.sparsity.rules = swin_rules(ff, qk, qkv)
+  config.sharding_rules = SHARDING_RULES
   config.model = ml_collections.ConfigDict(dict(
       name="swin", variant=arg.variant, window_size=16, patch_size=4, mlp_ratio=4.0,
       dropout=0.0, attention_dropout=0.0, drop_path=0.1, dtype="bfloat16",
@@ -105,9 +117,9 @@ def swin_problems(config) -> list[str]:
   from pgf.models import swin as swin_lib  # pylint: disable=g-import-not-at-top
   problems = []
   model, data = config.model, config.data
-  if data.get("name") not in config_lib.IMAGE_DATASETS:
-    problems.append(f"config.data.name={data.get('name')!r}: one of {config_lib.IMAGE_DATASETS}")
-  problems.extend(config_lib._vit_problems(config))  # pylint: disable=protected-access
+  if data.get("name") not in image.IMAGE_DATASETS:
+    problems.append(f"config.data.name={data.get('name')!r}: one of {image.IMAGE_DATASETS}")
+  problems.extend(image.image_problems(config))
   if model.get("variant") not in swin_lib.VARIANTS:
     problems.append(f"config.model.variant={model.get('variant')!r}: one of "
                     f"{sorted(swin_lib.VARIANTS)}")
@@ -154,5 +166,62 @@ def swin_problems(config) -> list[str]:
   return problems
 
 
+problems = swin_problems
+
+
+# ----------------------------------------------------------------------------- model and task
+def swin_model(config, num_classes: int):
+  """The SwinV2 of `config.model` (pgf/models/swin.py; sizes from `model_kwargs`)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from pgf.models import swin as swin_lib  # pylint: disable=g-import-not-at-top
+  return swin_lib.SwinV2(
+      num_classes=num_classes, dropout=config.model.dropout,
+      attention_dropout=config.model.get("attention_dropout", 0.0),
+      drop_path=config.model.drop_path, dtype=jnp.dtype(config.model.get("dtype", "float32")),
+      **model_kwargs(config.model))
+
+
+model = swin_model
+
+
+def build_task(config, process_index: int = 0, process_count: int = 1):
+  from pgf.train import tasks  # pylint: disable=g-import-not-at-top
+  return tasks.classification_task(config, process_index, process_count, model_fn=swin_model)
+
+
+def abstract_model(config):
+  return image.abstract_model(config, swin_model)
+
+
+# ----------------------------------------------------------------------------- FLOPs, benchmark
+def matmuls(config, **unused):
+  """The matmuls of the config's SwinV2 on one image (pgf.analysis.flops.swin_matmuls)."""
+  from pgf.analysis import flops  # pylint: disable=g-import-not-at-top
+  sizes = model_kwargs(config.model)
+  data = config.data
+  return flops.swin_matmuls(sizes, int(data.image_size), sizes["window_size"],
+                            sizes["patch_size"], int(data.get("channels", 3)),
+                            image.NUM_CLASSES.get(data.get("name"), 1000), sizes["mlp_ratio"])
+
+
+def flops_header(config, matmul_list, **unused):
+  embed = matmul_list[0]
+  header = (f"SwinV2 {config.model.variant} at {config.data.image_size}px: {embed.rows} tokens "
+            f"in stage 0, window {config.model.window_size}")
+  return header, [("image", 1.0)]
+
+
+def bench_inputs(config, batch: int, image_size: int = 0, variant: str = ""):
+  """(init_fn, loss_fn, batch, description) of the config's SwinV2 (`variant` replaces the
+  config's if it is one of T, S, B, L) on random images of the config's size, or `image_size`."""
+  from pgf.models.swin import VARIANTS  # pylint: disable=g-import-not-at-top
+  if variant in VARIANTS:
+    config.model.variant = variant
+  image_size = image_size or config.data.image_size
+  init_fn, loss_fn, data = image.synthetic_classifier(swin_model(config, 1000), image_size,
+                                                      batch, 1000)
+  return init_fn, loss_fn, data, f"{config.model.variant}, batch {batch}, {image_size}px"
+
+
 __all__ = ["SWIN_FF", "SWIN_QK", "SWIN_QKV", "swin_rules", "swin_config", "swin_problems",
-           "model_kwargs"]
+           "model_kwargs", "swin_model"]

@@ -1,8 +1,9 @@
-"""Tasks: what the train loop needs to know about a model family and its data.
+"""Tasks: a model with its data, the unit the train loop is written against.
 
 A task builds the model and its data sources from the config and defines the loss and the
-evaluation metrics. The train loop (pgf/train.py) is shared by every task; models and data know
-nothing about sparsity (the loop applies `pgf.sparsify` to the params before `apply`).
+evaluation metrics. Each family (pgf/families/) says which task it trains (`build_task`);
+image classification lives here, T5's text-to-text tasks in text_tasks.py. The train loop
+(pgf/train/loop.py) is shared by every task; models and data know nothing about sparsity (the loop applies `pgf.sparsify` to the params before `apply`).
 """
 
 from __future__ import annotations
@@ -14,63 +15,22 @@ import optax
 
 from pgf.data import mixup
 from pgf.data.mixup import MixSpec
-from pgf.task_base import Batch, Task, masked_mean  # noqa: F401  (Task is re-exported)
+from pgf.train.task_base import Batch, Task, masked_mean  # noqa: F401  (Task is re-exported)
 
 
 # --------------------------------------------------------------------------- classification
-def vit_model(config, num_classes: int):
-  """The ViT of `config.model` (no data needed: also for abstract params, e.g. size reports)."""
-  from pgf.models import vit as vit_lib  # pylint: disable=g-import-not-at-top
-  variant = vit_lib.decode_variant(config.model.variant)
-  return vit_lib.ViT(
-      num_classes=num_classes,
-      pool_type=config.model.pool_type,
-      dropout=config.model.dropout,
-      attention_dropout=config.model.get("attention_dropout", 0.0),
-      drop_path=config.model.drop_path,
-      dtype=jnp.dtype(config.model.get("dtype", "float32")),
-      **{k: config.model.get(k, v) for k, v in variant.items()})
+def classification_task(config, process_index: int = 0, process_count: int = 1,
+                        model_fn=None) -> Task:
+  """Image classification on digits (embedded), cifar10 or imagenet2012 (TFDS) with the model
+  `model_fn(config, num_classes)` (default: the family of `config.model.name`'s `model`).
 
-
-def swin_model(config, num_classes: int):
-  """The SwinV2 of `config.model` (pgf/models/swin.py; sizes from pgf/config_swin.py)."""
-  from pgf import config_swin  # pylint: disable=g-import-not-at-top
-  from pgf.models import swin as swin_lib  # pylint: disable=g-import-not-at-top
-  return swin_lib.SwinV2(
-      num_classes=num_classes, dropout=config.model.dropout,
-      attention_dropout=config.model.get("attention_dropout", 0.0),
-      drop_path=config.model.drop_path, dtype=jnp.dtype(config.model.get("dtype", "float32")),
-      **config_swin.model_kwargs(config.model))
-
-
-def resnet_model(config, num_classes: int):
-  """The ResNet of `config.model` (pgf/models/resnet.py); no data needed."""
-  from pgf.models import resnet as resnet_lib  # pylint: disable=g-import-not-at-top
-  m = config.model
-  return resnet_lib.ResNet(
-      num_classes=num_classes, stage_sizes=tuple(m.stage_sizes), width=m.width, stem=m.stem,
-      bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon,
-      bn_axis_name=m.get("bn_axis_name") or None, dtype=jnp.dtype(m.get("dtype", "float32")))
-
-
-def image_model(config, num_classes: int):
-  """The image classifier of `config.model.name` ("vit", "swin" or "resnet")."""
-  if config.model.name == "resnet":
-    return resnet_model(config, num_classes)
-  if config.model.name == "swin":
-    return swin_model(config, num_classes)
-  return vit_model(config, num_classes)
-
-
-def classification_task(config, process_index: int = 0, process_count: int = 1) -> Task:
-  """ViT, SwinV2 or ResNet image classification on digits (embedded), cifar10 or imagenet2012
-  (TFDS).
-
-  A ResNet's BatchNorm statistics are model state (`Task.init_model_state`): updated by every
-  train step, used as running averages by eval."""
+  Variables besides the params (a ResNet's BatchNorm statistics) are model state
+  (`Task.init_model_state`): updated by every train step, used as running averages by eval."""
+  if model_fn is None:
+    from pgf import families  # pylint: disable=g-import-not-at-top
+    model_fn = families.of_config(config).model
   train_source, eval_source = build_image_sources(config, process_index, process_count)
-  model = image_model(config, train_source.num_classes)
-  stateful = config.model.name == "resnet"
+  model = model_fn(config, train_source.num_classes)
   size = train_source.image_size
   channels = getattr(train_source, "channels", 3)
   example = {"image": np.zeros((1, size, size, channels), np.uint8),
@@ -94,6 +54,8 @@ def classification_task(config, process_index: int = 0, process_count: int = 1) 
 
   def init_model_state(rng):
     return {k: v for k, v in init_variables(rng).items() if k != "params"}
+
+  stateful = bool(jax.eval_shape(init_model_state, jax.random.key(0)))
 
   def loss_fn(params, batch, rng, train, model_state=None):
     images = pixels(batch["image"])
@@ -168,10 +130,6 @@ def num_train_examples(task: Task) -> int:
 
 
 def build_task(config, process_index: int = 0, process_count: int = 1) -> Task:
-  if config.model.name in ("vit", "swin", "resnet"):
-    return classification_task(config, process_index, process_count)
-  if config.model.name == "t5":
-    from pgf import text_tasks  # pylint: disable=g-import-not-at-top
-    return text_tasks.seq2seq_task(config, process_index, process_count)
-  raise ValueError(f"config.model.name={config.model.name!r}: expected 'vit', 'swin', 'resnet' "
-                   "or 't5'")
+  """The task of `config.model.name`'s family (pgf/families/)."""
+  from pgf import families  # pylint: disable=g-import-not-at-top
+  return families.of_config(config).build_task(config, process_index, process_count)

@@ -1,4 +1,8 @@
-"""Config builder for the WMT translation rows (paper Table 5) and their validation.
+"""The WMT translation family (paper Table 5): configs/wmt_*.py, a T5 trained from scratch.
+
+Its configs set `model.name="t5"`: the model, task, sharding, FLOPs and benchmark are the T5
+family's (re-exported below), and the translation fields are checked with the T5 ones
+(`pgf.families.t5.wmt_problems`). This module adds the recipe.
 
 The paper trains an encoder-decoder from scratch on WMT with batch 512, 200k steps, Adam(0.9, 0.92)
 and lr 0.0625, and reports token accuracy (dense 0.747). It does not give the model's size. Its lr
@@ -20,7 +24,13 @@ from __future__ import annotations
 
 import ml_collections
 
-from pgf import config_lib
+from pgf.families import t5
+from pgf.families.t5 import (LANGUAGES, SHARDING_RULES, abstract_model, bench_inputs,  # noqa: F401
+                             build_task, flops_header, matmuls, model, problems, rules,
+                             wmt_problems)
+from pgf.train import config_lib
+
+NAME = "t5"  # the model its configs build
 
 WMT_SIZES = dict(emb_dim=1024, num_heads=16, head_dim=64, mlp_dim=2816, num_encoder_layers=6,
                  num_decoder_layers=6)
@@ -28,7 +38,6 @@ WMT_SIZES = dict(emb_dim=1024, num_heads=16, head_dim=64, mlp_dim=2816, num_enco
 PAPER_TABLE5 = {"1:16": (0.709, 0.717, 0.717), "1:32": (0.707, 0.713, 0.714),
                 "1:64": (0.707, 0.710, 0.711), "1:128": (0.707, 0.708, 0.711)}
 PAPER_DENSE = 0.747
-LANGUAGES = ("de", "en")
 VOCAB_SIZE = 32_000  # the shared SentencePiece vocabulary (a multiple of 128 already)
 
 
@@ -44,7 +53,7 @@ def wmt_config(ff: str = "1:16", arg: str | None = None) -> ml_collections.Confi
   config.model = ml_collections.ConfigDict(dict(
       name="t5", variant="large", vocab_size=VOCAB_SIZE, dropout_rate=0.1, logits_via_embedding=True,
       dtype="bfloat16", **WMT_SIZES))
-  config.sparsity = config_lib.sparsity_config(arg.method, config_lib.t5_rules(ff))
+  config.sparsity = config_lib.sparsity_config(arg.method, t5.t5_rules(ff))
   config.z_loss = 0.0  # plain token cross-entropy
   config.train_from_scratch = True  # translation is trained from a fresh init, no init_from
   config.log_every = 100
@@ -54,7 +63,7 @@ def wmt_config(ff: str = "1:16", arg: str | None = None) -> ml_collections.Confi
   config.async_checkpointing = True
   config.init_from = ""
   config.noise_every = 0
-  config_lib.add_sharding(config)
+  config_lib.add_sharding(config, rules=SHARDING_RULES)
   config.total_epochs = 0.0
   # tokenizer: the shared 32k SentencePiece model, `python -m pgf.data.wmt --vocab=PATH` builds it.
   # bleu_examples > 0: greedy-decode that many newstest2014 sentences per evaluation for BLEU.
@@ -73,7 +82,7 @@ def wmt_config(ff: str = "1:16", arg: str | None = None) -> ml_collections.Confi
     # Shakespeare's next line given the two before it stands in for translation: a seq2seq task
     # with real text, learned from scratch in CPU minutes (no WMT download). Bytes, no sentinels.
     config.model.update(variant="tiny", vocab_size=0, dropout_rate=0.0, dtype="float32",
-                        **config_lib.T5_DEMO_SIZES)
+                        **t5.T5_DEMO_SIZES)
     config.data.update(name=arg.dataset or "shakespeare_next_line", tokenizer="byte",
                        input_length=128, target_length=64, num_eval_examples=512,
                        bleu_examples=64)
@@ -90,27 +99,3 @@ def wmt_config(ff: str = "1:16", arg: str | None = None) -> ml_collections.Confi
   if arg.steps > 0:
     config.total_steps = arg.steps
   return config
-
-
-def wmt_problems(config) -> list[str]:
-  """Problems in the translation fields (also checked for any T5 config that sets them)."""
-  problems = []
-  data = config.data
-  bleu = data.get("bleu_examples", 0)
-  if not isinstance(bleu, int) or bleu < 0:
-    problems.append(f"config.data.bleu_examples={bleu!r}: an int >= 0 (0 = no BLEU)")
-  if data.get("name") != "wmt":
-    return problems
-  source, target = data.get("source_language", "en"), data.get("target_language", "de")
-  if source not in LANGUAGES or target not in LANGUAGES or source == target:
-    problems.append(f"config.data.source_language={source!r} / config.data.target_language="
-                    f"{target!r}: 'en' and 'de', one each")
-  tokenizer = data.get("tokenizer", "byte")
-  if tokenizer in ("", "byte"):
-    problems.append(f"config.data.tokenizer={tokenizer!r}: WMT needs the path of a SentencePiece "
-                    "model (build the 32k one with `python -m pgf.data.wmt --vocab=PATH`)")
-  for field in ("input_length", "target_length"):
-    value = data.get(field)
-    if not isinstance(value, int) or value < 2:
-      problems.append(f"config.data.{field}={value!r}: an int >= 2 (tokens per sentence + EOS)")
-  return problems

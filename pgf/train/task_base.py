@@ -1,6 +1,6 @@
 """`Task`: a model family with its data, the unit the train loop is written against.
 
-Kept apart from `pgf.tasks` (image classification and the task registry) and `pgf.text_tasks`
+Kept apart from `pgf.train.tasks` (image classification and the task registry) and `pgf.train.text_tasks`
 (T5) so that both import it and neither imports the other's module at import time.
 """
 

@@ -1,4 +1,5 @@
-"""ResNet configs (paper Table 6: ResNet-50 on CIFAR-10 with N:M conv kernels) and their checks.
+"""The ResNet family (paper Table 6: ResNet-50 on CIFAR-10 with N:M conv kernels): its configs,
+their checks, pgf/models/resnet.py and image classification with BatchNorm statistics.
 
     --config=configs/resnet50_1_8.py                      ResNet-50, CIFAR-10 (TFDS), MDGF-Exp
     --config=configs/resnet50_1_8.py:method=sr_ste,group=hwi
@@ -15,18 +16,32 @@ from __future__ import annotations
 
 import ml_collections
 
-from pgf import config_lib
+from pgf.families import image
+from pgf.train import config_lib
 
 RESNET_CONVS = r"stage_\d+/block_\d+/(conv_[012]|proj)/kernel"
 GROUPS = {"in": 2, "hwi": (0, 1, 2)}
 STEMS = ("imagenet", "cifar")
 RESNET_DATASETS = ("digits", "cifar10", "imagenet2012", "synthetic_imagenet")
+NAME = "resnet"
+# Bottleneck and projection convs, HWIO: the input channels (the N:M groups' axis) split over
+# "fsdp", the output channels over "model"; the stem (3 input channels) and BatchNorm fall
+# through to FSDP when it divides.
+SHARDING_RULES = ((r"stage_\d+/block_\d+/(conv_[012]|proj)/kernel$", "_,_,fsdp,model"),
+                  (r".*", "fsdp"))
 
 
 def resnet_rules(nm: str, group: str = "in"):
   if group not in GROUPS:
     raise ValueError(f"config arg group={group!r}: one of {sorted(GROUPS)}")
   return ((RESNET_CONVS, nm, GROUPS[group]),)
+
+
+def rules(ff: str, qk: str | None = None, qkv: str | None = None, group: str = "in"):
+  """The rules of a row at conv pattern `ff` (a ResNet has no attention: qk/qkv must be None)."""
+  if qk or qkv:
+    raise ValueError("a ResNet has no attention kernels: qk / qkv rules do not apply")
+  return resnet_rules(ff, group)
 
 
 def resnet_config(nm: str = "1:8", arg: str | None = None) -> ml_collections.ConfigDict:
@@ -56,7 +71,7 @@ def resnet_config(nm: str = "1:8", arg: str | None = None) -> ml_collections.Con
   config.async_checkpointing = True
   config.init_from = ""
   config.noise_every = 0
-  config_lib.add_sharding(config)
+  config_lib.add_sharding(config, rules=SHARDING_RULES)
   if arg.demo:
     # A 4-stage bottleneck ResNet (one block per stage, width 16: 64..512 channels out) on
     # sklearn's 8x8 digits upsampled to 16x16, CIFAR stem; float32 on a CPU.
@@ -115,4 +130,59 @@ def problems(config) -> list[str]:
   size = data.get("image_size")
   if not isinstance(size, int) or size < 8:
     out.append(f"config.data.image_size={size!r}: an int >= 8")
-  return out
+  return out + image.image_problems(config)
+
+
+# ----------------------------------------------------------------------------- model and task
+def resnet_model(config, num_classes: int):
+  """The ResNet of `config.model` (pgf/models/resnet.py); no data needed."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from pgf.models import resnet as resnet_lib  # pylint: disable=g-import-not-at-top
+  m = config.model
+  return resnet_lib.ResNet(
+      num_classes=num_classes, stage_sizes=tuple(m.stage_sizes), width=m.width, stem=m.stem,
+      bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon,
+      bn_axis_name=m.get("bn_axis_name") or None, dtype=jnp.dtype(m.get("dtype", "float32")))
+
+
+model = resnet_model
+
+
+def build_task(config, process_index: int = 0, process_count: int = 1):
+  """Image classification; the BatchNorm statistics are model state (`Task.init_model_state`):
+  updated by every train step, used as running averages by eval."""
+  from pgf.train import tasks  # pylint: disable=g-import-not-at-top
+  return tasks.classification_task(config, process_index, process_count, model_fn=resnet_model)
+
+
+def abstract_model(config):
+  return image.abstract_model(config, resnet_model)
+
+
+# ----------------------------------------------------------------------------- FLOPs, benchmark
+def matmuls(config, **unused):
+  """The convolutions (as im2col matmuls) and the head (pgf.analysis.flops.resnet_matmuls)."""
+  from pgf.analysis import flops  # pylint: disable=g-import-not-at-top
+  model_config, data = config.model, config.data
+  return flops.resnet_matmuls(tuple(model_config.stage_sizes), int(model_config.width),
+                              model_config.stem, int(data.image_size),
+                              int(data.get("channels", 3)),
+                              image.NUM_CLASSES.get(data.get("name"), 1000))
+
+
+def flops_header(config, matmul_list, **unused):
+  m = config.model
+  return (f"ResNet (stages {tuple(m.stage_sizes)}, width {m.width}, {m.stem} stem) at "
+          f"{config.data.image_size}px"), [("image", 1.0)]
+
+
+def bench_inputs(config, batch: int, image_size: int = 0, variant: str = ""):
+  """(init_fn, loss_fn, batch, description) of the config's ResNet on random images of the
+  config's size (or `image_size`), 10 classes; BatchNorm in train mode."""
+  del variant
+  image_size = image_size or config.data.image_size
+  init_fn, loss_fn, data = image.synthetic_classifier(resnet_model(config, 10), image_size,
+                                                      batch, 10)
+  m = config.model
+  return (init_fn, loss_fn, data,
+          f"stages {tuple(m.stage_sizes)} width {m.width}, batch {batch}, {image_size}px")

@@ -24,8 +24,10 @@ Adam's moments, so moments are placed like their parameter). The first match win
   a tuple              the same as a PartitionSpec, e.g. ("fsdp", "model") or (None, "model").
 
 Scalars are always replicated. An axis of size 1 is a no-op, so one rule set serves every mesh:
-`DEFAULT_RULES` shards ViT and T5 kernels for tensor parallelism over "model" and everything
-over "fsdp", which on the default `data=-1` mesh is plain data parallelism.
+each family's `SHARDING_RULES` (pgf/families/, set as `config.sharding_rules` by its config
+builder) shard its kernels for tensor parallelism over "model" and everything over "fsdp", which on
+the default `data=-1` mesh is plain data parallelism. `DEFAULT_RULES` is their union, for a config
+without a registered family.
 
 N:M masks group along a kernel's contracting axis. They are exact under any sharding, and cost
 nothing extra when that axis is unsharded or split into shards whose length is a multiple of M
@@ -392,8 +394,16 @@ def config_problems(config, device_count: int) -> list[str]:
 
 
 def rules_of(config):
-  """config.sharding_rules, or DEFAULT_RULES for configs that do not set them."""
-  return config.get("sharding_rules") or DEFAULT_RULES
+  """config.sharding_rules, or for configs that do not set them their family's SHARDING_RULES
+  (pgf/families/), or DEFAULT_RULES for a config without a registered family."""
+  rules = config.get("sharding_rules")
+  if rules:
+    return rules
+  from pgf import families  # pylint: disable=g-import-not-at-top
+  try:
+    return families.of_config(config).SHARDING_RULES
+  except (ValueError, AttributeError):
+    return DEFAULT_RULES
 
 
 __all__ = ["MESH_AXES", "BATCH_AXES", "DEFAULT_RULES", "build_mesh", "mesh_sizes",

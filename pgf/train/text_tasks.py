@@ -1,6 +1,6 @@
 """T5 text-to-text tasks for the shared train loop: span-corruption pre-training and fine-tuning.
 
-`seq2seq_task(config)` returns a `pgf.tasks.Task` whose data comes from `config.data.name`:
+`seq2seq_task(config)` returns a `pgf.train.tasks.Task` whose data comes from `config.data.name`:
 
   pre-training (T5 span corruption)   "c4" (TFDS c4/en), "shakespeare_spans" (embedded, CPU demo)
   fine-tuning (text-to-text labels)   "glue" (T5's GLUE mixture), "glue/<task>", "shakespeare_genre",
@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pgf.task_base import Task
+from pgf.train.task_base import Task
 
 log = logging.getLogger(__name__)
 
@@ -187,26 +187,19 @@ def _allgather_sum(values: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- the task
-def t5_model(config, vocab_size: int):
-  """The T5 of `config.model` (no data needed: also for abstract params, e.g. size reports)."""
-  from pgf.models import t5  # pylint: disable=g-import-not-at-top
-  m = config.model
-  sizes = {k: m.get(k) for k in t5.VARIANTS["base"] if m.get(k) is not None}
-  return t5.T5(t5.get_config(
-      m.variant, vocab_size, dropout_rate=m.get("dropout_rate", 0.0),
-      logits_via_embedding=m.get("logits_via_embedding", False),
-      dtype=jnp.dtype(m.get("dtype", "float32")),
-      **sizes))
-
-
-def seq2seq_task(config, process_index: int = 0, process_count: int = 1) -> Task:
-  """T5 v1.1 on `config.data.name` (see module docstring) as a `pgf.tasks.Task`."""
+def seq2seq_task(config, process_index: int = 0, process_count: int = 1,
+                 model_fn=None) -> Task:
+  """T5 v1.1 on `config.data.name` (see module docstring) as a `pgf.train.tasks.Task`; the model
+  is `model_fn(config, vocab_size)` (default: the family of `config.model.name`'s `model`)."""
+  if model_fn is None:
+    from pgf import families  # pylint: disable=g-import-not-at-top
+    model_fn = families.of_config(config).model
   from pgf.data.tokenizers import ByteTokenizer  # pylint: disable=g-import-not-at-top
   from pgf.models import t5  # pylint: disable=g-import-not-at-top
   kind = dataset_kind(config.data.name)
   tokenizer = build_tokenizer(config.data)
   source = build_text_source(config, tokenizer, process_index, process_count)
-  model = t5_model(config, model_vocab_size(config, tokenizer))
+  model = model_fn(config, model_vocab_size(config, tokenizer))
   if (kind != "span_corruption" and not config.get("init_from")
       and not config.get("train_from_scratch")):
     log.warning("config.init_from is empty: fine-tuning %s from a random init (the paper's "

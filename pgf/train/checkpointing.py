@@ -9,7 +9,7 @@
   step and deleting the good one, and lets the resumed run save that step number again.
 * With several processes (hosts), each reads its own shards, so a step torn on one host only
   restores on the others. Which step to try, whether it restored everywhere, and what is moved
-  aside are agreed across processes (`pgf.multihost`) before any of them goes on: all resume
+  aside are agreed across processes (`pgf.train.multihost`) before any of them goes on: all resume
   from the same step, and process 0 alone moves a step aside in the shared directory.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 import orbax.checkpoint as ocp
 from etils import epath  # orbax's path type
 
-from pgf import multihost
+from pgf.train import multihost
 
 log = logging.getLogger(__name__)
 
