@@ -12,6 +12,8 @@ Exit status (docs/scaling.md has the operator's table):
   69  a peer process vanished (killed, its host lost) without reporting an error: the
       survivors exit within seconds; nothing after the newest complete checkpoint was saved,
       and rerunning the same command resumes there exactly (69 is EX_UNAVAILABLE);
+  134 (SIGABRT, from JAX) process 0 vanished and, with it, the coordination service: JAX's
+      client may end the survivors itself before pgf sees the failed collective (treat as 69);
   1   an error on any process -- bad config or command line, processes that disagree (config,
       code, --num_processes), a start-up that did not assemble within --startup_timeout,
       missing dataset or checkpoint, non-finite loss, any exception -- on every process, each
