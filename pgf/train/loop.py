@@ -444,9 +444,19 @@ def _evaluate(task: Task, fns: StepFns, mesh, state) -> dict[str, float]:
   dispatch order (one stream or queue per device), so they never hung this way.
   """
   out = {}
-  for kind, params in (("current", fns.effective(state["params"], state["opt_state"],
-                                                 state["step"])),
-                       ("deployed", fns.deployed(state["params"], state["opt_state"]))):
+  # The deployed weights are computed only after the current weights' sweep has finished
+  # (device_get below): dispatched up front, their program (collectives too, on sharded
+  # params) would be in flight next to the sweep's, which is the same hazard.
+  for kind, weights_of in (
+      ("current", lambda: fns.effective(state["params"], state["opt_state"], state["step"])),
+      ("deployed", lambda: fns.deployed(state["params"], state["opt_state"]))):
+    params = weights_of()
+    # Several processes: each eval step also waits for the previous one. The chain alone
+    # fixed data-parallel meshes, but with sharded weights (FSDP x model, 2 processes x 4 CPU
+    # devices) the 38-batch sweep still hung; one program in flight at a time does not.
+    one_at_a_time = jax.process_count() > 1
+    if one_at_a_time:
+      jax.block_until_ready(params)
     sums = None
     model_state = state.get("model_state", {})
     for batch in task.eval_batches():
@@ -457,6 +467,8 @@ def _evaluate(task: Task, fns: StepFns, mesh, state) -> dict[str, float]:
         sums = jax.tree.map(lambda a: jax.make_array_from_callback(
             a.shape, fns.replicated, lambda _, a=a: np.zeros(a.shape, a.dtype)), shapes)
       sums = fns.eval_step(params, batch, model_state, sums)
+      if one_at_a_time:
+        jax.block_until_ready(sums)
     sums = jax.device_get(sums)
     count = max(float(sums.pop("count")), 1.0)
     tokens = max(float(sums.pop("tokens", count)), 1.0)
