@@ -563,10 +563,12 @@ def test_disagreements_failures_and_launch_mistakes_end_every_process_with_a_mes
   assert job.returncodes == [1, 1], job.describe()
   assert "nothing accepts connections at --coordinator_address" in errors(job, 1)
   assert "not all 2 processes connected" in errors(job, 0)
+  # A duplicate id can make JAX abort a process itself (SIGABRT, "a request from a newer
+  # incarnation") before pgf's timer fires; either way no process waits past the timeout.
   job = done["duplicate id"]
-  assert job.returncodes == [1, 1], job.describe()
+  assert all(rc in (1, -signal.SIGABRT) for rc in job.returncodes), job.describe()
   assert all("could not join the job" in errors(job, p) or "Timeout" in job.outputs[p][1]
-             for p in range(2)), job.describe()
+             or "newer incarnation" in job.outputs[p][1] for p in range(2)), job.describe()
   job = done["num_processes differs"]
   assert job.returncodes == [1, 1], job.describe()
   for p in range(2):
