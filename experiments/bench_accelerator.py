@@ -21,6 +21,10 @@ waited for with `block_until_ready`):
           ViT-B/16, sort-based N:M masks of every FF kernel each step, decayed mask, AMP bf16)
           interleaved with pgf's MDGF-Exp step at the same batch; only where torch and timm
           import.
+  decode  the decoder LM (pgf/models/gpt.py, GPT-2 small geometry, bf16) generating 64 tokens
+          with its KV cache at batch 1 and 8, FF at 1:8 and 1:16: finalized dense vs compressed
+          through `nm_dot` ("gather", "expand", "pallas" on GPU), tokens/s and the ratio to
+          dense (`experiments/bench_decode.py`'s `decode_rows`).
 
 Prints a markdown table per sub-benchmark and writes everything to `--out` (JSON, with the
 device, the jax / jaxlib / flax versions and the date). `--merge a.json b.json ...` combines the
@@ -54,7 +58,7 @@ for path in (ROOT, HERE):
   if path not in sys.path:
     sys.path.insert(0, path)
 
-SUBS = ("masks", "step", "t5", "input", "peer")
+SUBS = ("masks", "step", "t5", "input", "peer", "decode")
 # sdgf_custom needs user-given stages (its step is sdgf_stepwise's with other patterns).
 METHODS = ("dense", "ste", "sr_ste", "mdgf_linear", "mdgf_exp", "mdgf_cosine", "sdgf_stepwise",
            "sdgf_geometric", "mdgf_exp+sdgf_geometric")
@@ -359,9 +363,19 @@ def run_peer(args, log) -> dict:
           "calls": len(seconds["pgf"])}
 
 
+def run_decode(args, log) -> dict:
+  from bench_decode import decode_rows  # pylint: disable=g-import-not-at-top
+  variant = "demo" if args.smoke else "small"
+  rows = decode_rows(variant, ("1:16",) if args.smoke else ("1:8", "1:16"), "", (1, 8),
+                     4 if args.smoke else 64, 2 if args.smoke else 8,
+                     "float32" if args.smoke else "bfloat16", None, min(args.rounds, 5),
+                     smoke=args.smoke, log=log)
+  return {"model": f"GPT {variant}", "rows": rows}
+
+
 RUNNERS = {"masks": run_masks, "step": lambda a, log: run_step_kind(a, "step", log),
            "t5": lambda a, log: run_step_kind(a, "t5", log), "input": run_input,
-           "peer": run_peer}
+           "peer": run_peer, "decode": run_decode}
 
 
 # ----------------------------------------------------------------------------- tables
@@ -428,6 +442,10 @@ def render(results: dict) -> str:
               f"| {section['images_per_s']:.1f} | {section['host_cores']} "
               f"| {_f(per_device, '.1f')} "
               f"| {_f(per_device and section['images_per_s'] / per_device, '.2f')} |"]
+    elif name == "decode":
+      from bench_decode import decode_table  # pylint: disable=g-import-not-at-top
+      out += [f"{section['model']}: generate calls (prefill + new tokens), median of "
+              "interleaved rounds", "", decode_table(section["rows"])]
     elif name == "peer":
       out += [f"batch {section['batch']}; peer: {section['peer']['model']}, torch "
               f"{section['peer']['torch']}, timm {section['peer']['timm']}", "",

@@ -15,6 +15,7 @@ decay, gradient shaping), jitted alone, for the matched kernels.
   python experiments/bench_step.py --config=configs/t5_1_8_qkv_1_8.py:demo   # T5, embedded data
   python experiments/bench_step.py --config=configs/swin_1_16.py --variant=T --batch=8   # SwinV2
   python experiments/bench_step.py --config=configs/resnet50_1_8.py --batch=64   # ResNet-50, 32px
+  python experiments/bench_step.py --config=configs/lm_1_16.py:demo   # decoder LM, Shakespeare bytes
 
 ViT, SwinV2 and ResNet configs train on random images (`--image-size`; default: 224 for ViT,
 the config's for SwinV2 and ResNet), other configs on their task's own data
@@ -113,8 +114,6 @@ def build_method(config, method: str, init_fn, loss_fn, mesh):
                              build_recipe(config, TOTAL_STEPS))
   tx, _ = build_optimizer(config, recipe, TOTAL_STEPS, warmup_steps=TOTAL_STEPS // 20)
   model_loss = sharding.auto_model(lambda p, b, r: loss_fn(p, b, r, True), mesh)
-  masks_of = lambda opt_state: (pgf.masks_from_state(opt_state)
-                                if recipe.mask_update_every > 1 else None)
 
   def init_state(key):
     params = init_fn(key)
@@ -124,7 +123,7 @@ def build_method(config, method: str, init_fn, loss_fn, mesh):
     step = state["step"]
 
     def loss(params):
-      effective = pgf.sparsify(params, recipe, step, masks=masks_of(state["opt_state"]))
+      effective = pgf.sparsify(params, recipe, state["opt_state"])
       return model_loss(effective, batch, jax.random.fold_in(jax.random.key(1), step))
 
     (value, _), grads = jax.value_and_grad(loss, has_aux=True)(state["params"])
@@ -152,7 +151,7 @@ def pgf_ops_timer(recipe, params, mesh):
   matched = set(pgf.match_leaves(params, recipe))
 
   def ops(params, flow_state):
-    effective = pgf.sparsify(params, recipe, flow_state.count)
+    effective = pgf.sparsify(params, recipe, flow_state)
     shaped, _ = flow.update(params, flow_state, params)  # any gradient of the right shapes
     pick = lambda tree: {path: leaf for path, leaf in flat_with_paths(tree) if path in matched}
     return pick(effective), pick(shaped)  # only the kernels pgf touches: no copies of the rest

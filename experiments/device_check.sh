@@ -28,13 +28,13 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 exec > >(tee -a "$OUT/log.txt") 2>&1
 
 # sub-benchmark and its timeout in seconds, in the order they run (the most wanted first).
-SUBS=("masks 45" "step 170" "peer 60" "input 55" "t5 120")
+SUBS=("masks 45" "step 170" "peer 60" "input 55" "t5 120" "decode 90")
 ARGS=()
 if [[ "$SMOKE" == 1 ]]; then
   export JAX_PLATFORMS=cpu
   ARGS+=(--smoke)
   BUDGET_S=100000
-  SUBS=("masks 300" "step 600" "peer 600" "input 300" "t5 600")
+  SUBS=("masks 300" "step 600" "peer 600" "input 300" "t5 600" "decode 300")
 else
   if compgen -G ".wheels/*.whl" > /dev/null; then
     # Only the wheels whose project the image does not have: PYTHONPATH comes before the

@@ -4,6 +4,9 @@
   python experiments/sweep.py --grid=t5_shakespeare --out=experiments/results/t5_shakespeare
   python experiments/sweep.py --grid=swin_digits --out=experiments/results/swin_digits
   python experiments/sweep.py --grid=resnet_digits --out=experiments/results/resnet_digits
+  python experiments/sweep.py --grid=lm_shakespeare --out=experiments/results/lm_shakespeare
+  python experiments/sweep.py --grid=lm_shakespeare_qkv --out=experiments/results/lm_shakespeare_qkv
+  python experiments/sweep.py --grid=lm_shakespeare_finetune --out=experiments/results/lm_finetune
   python experiments/sweep.py --grid=vit_digits --out=/tmp/s --seeds=0 --methods=sr_ste,mdgf_exp \
       --patterns=1:16 --steps=100                                    # a quick look
 
@@ -64,6 +67,7 @@ class Grid:
   baseline_label: str = "Majority-class baseline"
   pattern_label: str = "N:M target (sparsity)"  # what a cell's pattern is (table and plot axis)
   noise_study: bool = False  # also plot the paper's Fig. 3 (running average of var(ν))
+  pretrain_label: str = "held-out span-corruption loss"
 
 
 def sdgf_k_for(pattern: str, contracting: int) -> int:
@@ -265,16 +269,87 @@ def t5_shakespeare_noise(methods, patterns, seeds, steps) -> Grid:
               baseline_label="Unigram byte entropy of the same targets", noise_study=True)
 
 
+# The decoder LM grids' model: the demo GPT narrowed so a cell trains in CPU minutes (2 layers,
+# width 64, 4 heads of 16, SwiGLU 192; 0.13M parameters with the byte vocabulary), on rows of 64
+# bytes of the training plays, batch 16, scored on 128 rows of the 8 held-out plays.
+LM_GRID = {"model.emb_dim": 64, "model.num_heads": 4, "model.head_dim": 16, "model.mlp_dim": 192,
+           "model.num_layers": 2, "data.seq_len": 64, "data.num_eval_examples": 128,
+           "batch_size": 16, "eval_batch_size": 128}
+LM_METHODS = ("dense", "sr_ste", "mdgf_exp", "mdgf_linear", "sdgf_stepwise", "sdgf_geometric")
+LM_BITS = "deployed bits per byte on held-out plays (Shakespeare bytes; lower is better)"
+
+
+def _lm_cell(name, config, method, pattern, seed, steps, rules, after="", init_from="") -> Cell:
+  overrides = {
+      **LM_GRID, "seed": seed, "total_steps": steps, "log_every": max(steps // 10, 1),
+      "eval_every": 0, "checkpoint_every": max(steps // 2, 1), "keep_checkpoints": 1,
+      "optim.warmup_steps": max(steps // 20, 1),
+      "sparsity.method": "dense" if method == "pretrain" else method,
+      "sparsity.rules": rules, "noise_every": max(steps // 20, 1) if rules else 0,
+      "sparsity.sdgf_k": sdgf_k_for(pattern, LM_GRID["model.emb_dim"]) if pattern else 8}
+  if init_from:
+    overrides["init_from"] = init_from
+  return Cell(name, config, tuple(overrides.items()), method, pattern, seed,
+              "deployed_bits_per_byte", after=after)
+
+
+def lm_shakespeare(methods, patterns, seeds, steps, qkv: bool = False) -> Grid:
+  """The decoder LM trained from scratch on bytes of the training plays, FF at each pattern
+  (`qkv`: FF at 1:8 and Q, K, V at each pattern); 600 steps by default."""
+  from pgf.families import gpt as lm_family  # pylint: disable=g-import-not-at-top
+  steps = steps or 600
+  cells = []
+  for seed in seeds:
+    for pattern in patterns:
+      rules = (lm_family.lm_rules("1:8", qkv=pattern) if qkv else lm_family.lm_rules(pattern))
+      tag = f"ff1of8_qkv{pattern.replace(':', 'of')}" if qkv else pattern.replace(":", "of")
+      for method in methods:
+        cells.append(_lm_cell(f"{method}_{tag}_s{seed}", "configs/lm_1_16.py:demo", method,
+                              pattern, seed, steps, rules))
+  label = "Q/K/V pattern, with FF at 1:8 (sparsity of Q/K/V)" if qkv else "FF N:M target (sparsity)"
+  return Grid(tuple(cells), "deployed_bits_per_byte", LM_BITS, pattern_label=label)
+
+
+def lm_shakespeare_qkv(methods, patterns, seeds, steps) -> Grid:
+  return lm_shakespeare(methods, patterns, seeds, steps, qkv=True)
+
+
+def lm_shakespeare_finetune(methods, patterns, seeds, steps) -> Grid:
+  """Sparse fine-tuning of a dense pre-trained decoder LM: per seed a dense model trained for 600
+  steps, then each cell fine-tunes it for `steps` (default 300) with FF at its pattern."""
+  from pgf.families import gpt as lm_family  # pylint: disable=g-import-not-at-top
+  steps = steps or 300
+  cells = []
+  for seed in seeds:
+    pretrain = _lm_cell(f"pretrain_s{seed}", "configs/lm_pretrain.py:demo", "pretrain", "", seed,
+                        600, ())
+    pretrain = dataclasses.replace(pretrain, metric="current_bits_per_byte")
+    cells.append(pretrain)
+    for pattern in patterns:
+      for method in methods:
+        cells.append(_lm_cell(f"ft_{method}_{pattern.replace(':', 'of')}_s{seed}",
+                              "configs/lm_1_16.py:demo", method, pattern, seed, steps,
+                              lm_family.lm_rules(pattern), after=pretrain.name,
+                              init_from=f"{{out}}/runs/{pretrain.name}"))
+  return Grid(tuple(cells), "deployed_bits_per_byte", LM_BITS,
+              pretrain_label="held-out next-byte loss")
+
+
 GRIDS = {"vit_digits": vit_digits, "t5_shakespeare": t5_shakespeare,
          "t5_shakespeare_qkv": t5_shakespeare_qkv, "vit_digits_noise": vit_digits_noise,
          "t5_shakespeare_noise": t5_shakespeare_noise, "swin_digits": swin_digits,
-         "resnet_digits": resnet_digits}
+         "resnet_digits": resnet_digits, "lm_shakespeare": lm_shakespeare,
+         "lm_shakespeare_qkv": lm_shakespeare_qkv,
+         "lm_shakespeare_finetune": lm_shakespeare_finetune}
 # (methods, patterns, seeds) a grid runs when the command line does not say.
 GRID_DEFAULTS = {"t5_shakespeare_qkv": (METHODS, ("1:8", "1:4"), SEEDS),
                  "vit_digits_noise": (NOISE_METHODS, ("1:16",), (0,)),
                  "t5_shakespeare_noise": (NOISE_METHODS, ("1:16",), (0,)),
                  "swin_digits": (SWIN_METHODS, SWIN_PATTERNS, SEEDS),
-                 "resnet_digits": (RESNET_METHODS, RESNET_PATTERNS, SEEDS)}
+                 "resnet_digits": (RESNET_METHODS, RESNET_PATTERNS, SEEDS),
+                 "lm_shakespeare": (LM_METHODS, ("1:8", "1:16", "1:32"), SEEDS),
+                 "lm_shakespeare_qkv": (LM_METHODS, ("1:8",), SEEDS),
+                 "lm_shakespeare_finetune": (LM_METHODS, ("1:8", "1:16", "1:32"), SEEDS)}
 
 
 # ----------------------------------------------------------------------------- running
@@ -416,7 +491,7 @@ def markdown_table(rows: list[dict], grid: Grid) -> str:
   pretrain = [r for r in rows if r["method"] == "pretrain"]
   if pretrain:
     mean, std, n = mean_std(r["value"] for r in pretrain)
-    lines += ["", f"Dense pre-training, held-out span-corruption loss: {mean:.3f} ± {std:.3f} "
+    lines += ["", f"Dense pre-training, {grid.pretrain_label}: {mean:.3f} ± {std:.3f} "
               f"bits per target byte ({n} seeds)"]
   seconds = sum(r["train_seconds"] or 0 for r in rows)
   lines += ["", f"{len(rows)} runs, {seconds / 60:.0f} min of training in total."]

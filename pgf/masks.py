@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["nm_mask", "is_nm", "normalize_axes", "grouped_length", "parse_nm"]
+__all__ = ["nm_mask", "is_nm", "normalize_axes", "grouped_length", "parse_nm", "stage_nm_mask"]
 
 # Above this group size the all-pairs count (O(m) work per element) loses to selecting
 # min(n, m - n) entries one at a time when that number is small.
@@ -64,7 +64,13 @@ def parse_nm(pattern: str | Sequence[int]) -> tuple[int, int]:
 def normalize_axes(shape: Sequence[int], axis) -> tuple[int, ...]:
   """Returns `axis` (int or tuple of ints, negatives allowed) as a tuple of positive axes."""
   ndim = len(shape)
-  axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+  if isinstance(axis, (int, np.integer)) and not isinstance(axis, (bool, np.bool_)):
+    axes = (axis,)
+  elif isinstance(axis, (tuple, list)):
+    axes = tuple(axis)
+  else:
+    raise ValueError(f"axis must be an int or a tuple of ints, got {axis!r} "
+                     f"({type(axis).__name__}) for shape {tuple(shape)}")
   if not axes:
     raise ValueError(f"axis must name at least one axis, got {axis!r} for shape {tuple(shape)}")
   out = []
@@ -228,14 +234,29 @@ def _explicit_grouped_mask(x: jax.Array, spec: tuple, grouped: tuple[int, int], 
   return jax.sharding.reshard(mask, sharding) if gathered else mask
 
 
-def _check_n(n, m: int, shape, axis) -> None:
+def _check_n(n, m: int, shape, axis) -> bool:
+  """ValueError for a concrete n outside [0, m]; False if n is traced (checked at run time)."""
   try:
     n_value = int(n)  # python / numpy ints and concrete arrays
   except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError):
-    return  # traced: checked by the caller's recipe, clamped here
+    return False
   if n_value < 0 or n_value > m:
     raise ValueError(f"nm_mask: need 0 <= n <= m, got n={n_value}, m={m} "
                      f"(shape {tuple(shape)}, axis {axis!r})")
+  return True
+
+
+def _check_traced_n(n, m: int, shape, axis) -> None:
+  """A traced n outside [0, m] raises when the computation runs (a host callback in the taken
+  branch only: no transfer while n is valid)."""
+  def fail(n_value):
+    bad = np.asarray(n_value)
+    bad = bad[(bad < 0) | (bad > m)]  # under vmap the callback sees every lane
+    if bad.size:
+      raise ValueError(f"nm_mask: need 0 <= n <= m, got traced n={int(bad.flat[0])}, m={m} "
+                       f"(shape {tuple(shape)}, axis {axis!r})")
+  n = jnp.asarray(n)
+  jax.lax.cond(jnp.any((n < 0) | (n > m)), lambda: jax.debug.callback(fail, n), lambda: None)
 
 
 def nm_mask(x: jax.Array, n, m: int, axis=0) -> jax.Array:
@@ -256,7 +277,8 @@ def nm_mask(x: jax.Array, n, m: int, axis=0) -> jax.Array:
 
   Raises:
     ValueError: if n > m, n < 0, m < 1, the axis is out of range, or the grouped length is not
-      divisible by m. The message gives the shape, axis and values.
+      divisible by m. The message gives the shape, axis and values. A traced n outside [0, m]
+      raises when the computation runs (the error wraps this ValueError).
 
   Example:
     >>> mask = nm_mask(w, n=1, m=16, axis=0)   # 1:16 along the input features of a kernel
@@ -277,7 +299,15 @@ def nm_mask(x: jax.Array, n, m: int, axis=0) -> jax.Array:
     raise ValueError(
         f"nm_mask: the grouped length {length} (shape {tuple(shape)}, axis {axis!r}) is not "
         f"divisible by m={m}")
-  _check_n(n, m, shape, axis)
+  if not _check_n(n, m, shape, axis):
+    _check_traced_n(n, m, shape, axis)
+  return _nm_mask(x, n, m, axes)
+
+
+def _nm_mask(x: jax.Array, n, m: int, axes: tuple[int, ...]) -> jax.Array:
+  """nm_mask after validation (`axes` normalized; a traced n is clamped to [0, m])."""
+  shape = x.shape
+  length = math.prod(shape[a] for a in axes)
   n = jnp.clip(jnp.asarray(n, jnp.int32), 0, m)
 
   contiguous = axes == tuple(range(axes[0], axes[0] + len(axes)))
@@ -314,3 +344,10 @@ def is_nm(mask: jax.Array, n: int, m: int, axis=0) -> jax.Array:
   rest = tuple(a for a in range(mask.ndim) if a not in axes)
   grouped = jnp.transpose(mask, axes + rest).reshape(length // m, m, -1)
   return jnp.all(jnp.sum(grouped.astype(jnp.int32), axis=1) == n)
+
+
+def stage_nm_mask(x: jax.Array, n, m: int, axis) -> jax.Array:
+  """nm_mask for pgf's own schedules, whose traced n is valid by construction (the recipe's
+  validated stages): no run-time check."""
+  x = jnp.asarray(x)
+  return _nm_mask(x, n, int(m), normalize_axes(x.shape, axis))

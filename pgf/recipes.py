@@ -17,6 +17,7 @@ t = s - dense_steps counts steps since the end of the dense phase.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 from typing import Any, Sequence
@@ -28,6 +29,9 @@ import numpy as np
 from pgf.masks import parse_nm
 
 __all__ = ["Recipe", "Rule", "METHODS", "MDGF_DECAYS", "SDGF_SCHEDULES", "as_step"]
+
+INT32_MAX = 2**31 - 1
+INT32_MIN = -2**31
 
 MDGF_DECAYS = ("mdgf_linear", "mdgf_exp", "mdgf_cosine")
 SDGF_SCHEDULES = ("sdgf_stepwise", "sdgf_geometric", "sdgf_custom")
@@ -79,6 +83,10 @@ def _as_rule(spec: Any, index: int, problems: list[str]) -> Rule | None:
   where = f"rules[{index}]"
   if isinstance(spec, Rule):
     return spec
+  if isinstance(spec, dict) and "pattern" in spec:
+    problems.append(f"{where}={spec!r} is the to_dict() form of a rule: build the recipe with "
+                    "pgf.Recipe.from_dict(d), not pgf.Recipe(**d)")
+    return None
   if not isinstance(spec, (tuple, list)) or len(spec) not in (2, 3):
     problems.append(f"{where}={spec!r}: expected (regex, 'N:M'[, axis or options dict]) "
                     "or pgf.Rule")
@@ -89,8 +97,8 @@ def _as_rule(spec: Any, index: int, problems: list[str]) -> Rule | None:
     options = {"axis": options}
   unknown = set(options) - set(RULE_OPTIONS)
   if unknown:
-    problems.append(f"{where}: unknown rule options {sorted(unknown)} (use one of "
-                    f"{', '.join(map(repr, RULE_OPTIONS))})")
+    problems.append(f"{where}: unknown rule options {_with_suggestions(unknown, RULE_OPTIONS)} "
+                    f"(use one of {', '.join(map(repr, RULE_OPTIONS))})")
   try:
     n, m = parse_nm(nm)
   except (ValueError, TypeError):
@@ -111,6 +119,15 @@ def _as_rule(spec: Any, index: int, problems: list[str]) -> Rule | None:
     problems.append(f"{where}: allow_1d={allow_1d!r} must be True or False")
     allow_1d = False
   return Rule(pattern, n, m, axis, stages, allow_1d, options.get("sdgf_k"))
+
+
+def _with_suggestions(unknown, known) -> str:
+  """"['axes' (did you mean 'axis'?)]" for a set of unknown keys."""
+  out = []
+  for key in sorted(map(str, unknown)):
+    close = difflib.get_close_matches(key, list(known), n=1)
+    out.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+  return "[" + ", ".join(out) + "]"
 
 
 def _power_of_two(k) -> bool:
@@ -153,8 +170,8 @@ class Recipe:
       or "ste" (plain straight-through, what the authors' code does). MDGF methods only.
     sr_ste_lambda: SR-STE's lambda_W.
     mask_update_every: recompute masks from |W| every this many steps (1 = every step). Above
-      1 the masks live in the optimizer state; pass `masks=pgf.masks_from_state(opt_state)` to
-      `pgf.sparsify`.
+      1 the masks live in the optimizer state, which `pgf.sparsify(params, recipe, opt_state)`
+      and `pgf.finalize(params, recipe, opt_state)` read them from.
     sdgf_k: geometric schedule start multiplier (power of two): k*N:k*M -> ... -> N:M.
     sdgf_stages: stage list ("N:M", ...) for method "sdgf_custom", used by every rule that has
       no stages of its own; its last stage must equal each such rule's target.
@@ -227,8 +244,10 @@ class Recipe:
             self._check_stages(shared, rule, f"sdgf_stages (for rules[{i}])", problems)
     elif self.sdgf_stages is not None:
       problems.append(f"sdgf_stages={self.sdgf_stages!r} is only used by 'sdgf_custom'")
-    if not isinstance(self.total_steps, (int, np.integer)) or self.total_steps <= 0:
-      problems.append(f"total_steps={self.total_steps!r}: must be a positive int")
+    if (not isinstance(self.total_steps, (int, np.integer)) or isinstance(self.total_steps, bool)
+        or not 0 < self.total_steps < INT32_MAX):
+      problems.append(f"total_steps={self.total_steps!r}: must be a positive int below 2**31 "
+                      "(steps are int32)")
     for name in ("dense_fraction", "finetune_fraction"):
       value = getattr(self, name)
       if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
@@ -238,7 +257,8 @@ class Recipe:
     if fractions_ok and self.dense_fraction + self.finetune_fraction > 1.0:
       problems.append(f"dense_fraction + finetune_fraction = "
                       f"{self.dense_fraction + self.finetune_fraction:g}: must not exceed 1")
-    total_ok = isinstance(self.total_steps, (int, np.integer)) and self.total_steps > 0
+    total_ok = (isinstance(self.total_steps, (int, np.integer)) and not isinstance(
+        self.total_steps, bool) and 0 < self.total_steps < INT32_MAX)
     if fractions_ok and total_ok and (mdgf or sdgf) and self.decay_steps < 1:
       problems.append(f"dense_fraction={self.dense_fraction}, finetune_fraction="
                       f"{self.finetune_fraction}, total_steps={self.total_steps}: method "
@@ -444,7 +464,7 @@ class Recipe:
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - fields
     if unknown:
-      raise ValueError(f"recipe dict has unknown fields {sorted(unknown)} "
+      raise ValueError(f"recipe dict has unknown fields {_with_suggestions(unknown, fields)} "
                        f"(known: {sorted(fields)})")
     kwargs = dict(data)
     rules = []
@@ -452,6 +472,11 @@ class Recipe:
       if isinstance(rule, dict):
         if "pattern" not in rule or "nm" not in rule:
           raise ValueError(f"recipe rules[{i}]={rule!r}: needs 'pattern' and 'nm'")
+        known = ("pattern", "nm") + RULE_OPTIONS
+        unknown = set(rule) - set(known)
+        if unknown:
+          raise ValueError(f"recipe rules[{i}] has unknown keys "
+                           f"{_with_suggestions(unknown, known)} (known: {list(known)})")
         options = {k: rule[k] for k in RULE_OPTIONS if rule.get(k) is not None}
         if isinstance(options.get("axis"), list):
           options["axis"] = tuple(options["axis"])
@@ -478,20 +503,32 @@ def as_step(step, scalar: bool = False) -> jax.Array:
   """`step` as int32, refusing what would silently change the schedule.
 
   A float step (10.7) would be truncated and a bool is a mix-up of arguments: the step must be
-  an integer (Python int, NumPy/JAX integer, traced int). Arrays of steps are allowed for the
-  schedules (plots evaluate them over a range) unless `scalar`.
+  an integer (Python int, NumPy/JAX integer of any width, traced int). Values beyond the int32
+  range saturate instead of wrapping (a uint32 or int64 step >= 2**31 is past any schedule's
+  end, never back in its dense phase). Arrays of steps are allowed for the schedules (plots
+  evaluate them over a range) unless `scalar`.
   """
   if isinstance(step, (bool, np.bool_)):
     raise TypeError(f"step={step!r}: must be an integer, got a bool")
   if isinstance(step, (int, np.integer)):
-    return jnp.asarray(step, jnp.int32)
+    return jnp.asarray(min(max(int(step), INT32_MIN), INT32_MAX), jnp.int32)
   dtype, shape = getattr(step, "dtype", None), getattr(step, "shape", None)
   if dtype is None or shape is None:
     raise TypeError(f"step={step!r} ({type(step).__name__}): must be an integer step count, "
-                    "e.g. pgf.step_from_state(opt_state)")
+                    "or pass the optimizer state (pgf.sparsify(params, recipe, opt_state))")
   if not jnp.issubdtype(dtype, jnp.integer):
     raise TypeError(f"step has dtype {dtype}: must be an integer (a float step would be "
-                    "truncated); pass pgf.step_from_state(opt_state)")
+                    "truncated); pass the optimizer state: pgf.sparsify(params, recipe, "
+                    "opt_state)")
   if scalar and tuple(shape) != ():
     raise TypeError(f"step has shape {tuple(shape)}: must be a scalar")
-  return jnp.asarray(step).astype(jnp.int32)
+  info = np.iinfo(np.dtype(dtype))
+  if isinstance(step, np.ndarray):
+    return jnp.asarray(np.clip(step, max(info.min, INT32_MIN), min(info.max, INT32_MAX))
+                       .astype(np.int32))
+  step = jnp.asarray(step)
+  if info.max > INT32_MAX:
+    step = jnp.minimum(step, jnp.asarray(INT32_MAX, step.dtype))
+  if info.min < INT32_MIN:
+    step = jnp.maximum(step, jnp.asarray(INT32_MIN, step.dtype))
+  return step.astype(jnp.int32)

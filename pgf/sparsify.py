@@ -13,12 +13,16 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from pgf.masks import is_nm, normalize_axes, nm_mask
+from pgf import opt_state as state_lib
+from pgf.masks import is_nm, normalize_axes, nm_mask, stage_nm_mask
+from pgf.opt_state import unwrap_variables
 from pgf.recipes import Recipe, Rule, as_step
 
 __all__ = ["sparsify", "finalize", "leaf_path", "match_leaves", "check_params",
-           "current_masks", "target_masks", "straight_through", "unwrap_variables"]
+           "current_masks", "target_masks", "straight_through", "unwrap_variables",
+           "shapes_gradient"]
 
 Masks = Mapping[str, jax.Array]
 
@@ -69,9 +73,19 @@ def match_leaves(params, recipe: Recipe) -> dict[str, tuple[int, tuple[int, ...]
   return matched
 
 
-_AXIS_CHOICES = ("0 for attention Q/K/V (in, heads, head_dim); 1 for a stacked (layers, in, out) "
-                 "kernel from nn.scan; (0, 1) for (heads, head_dim, out); 2 or (0, 1, 2) for a "
-                 "conv kernel HWIO")
+def _axis_choices(rank: int) -> str:
+  """The usual grouping axes of a rank-`rank` kernel (>= 3), per layout."""
+  stacked = rank - 2  # the input-feature axis of a Dense kernel under nn.scan / nn.remat_scan
+  if rank == 3:
+    return ("1 for a Dense kernel stacked by nn.scan (layers, in, out); 0 for attention "
+            "Q/K/V (in, heads, head_dim); (0, 1) for attention out (heads, head_dim, out)")
+  if rank == 4:
+    return ("2 for a Dense kernel stacked twice, e.g. by nn.remat_scan (l1, l2, in, out); "
+            "2 or (0, 1, 2) for a conv kernel HWIO; 1 for stacked attention Q/K/V (layers, in, "
+            "heads, head_dim); (1, 2) for stacked attention out (layers, heads, head_dim, out)")
+  return (f"{stacked} for a Dense kernel stacked {rank - 2} times by nn.scan / nn.remat_scan "
+          f"({', '.join(f'l{i + 1}' for i in range(rank - 2))}, in, out): always its input-"
+          "feature axis, never a layer axis")
 
 
 def _rank_problem(path: str, index: int, rule: Rule, shape) -> str | None:
@@ -84,8 +98,9 @@ def _rank_problem(path: str, index: int, rule: Rule, shape) -> str | None:
             "(regex, 'N:M', {'allow_1d': True})")
   if len(shape) >= 3 and rule.axis is None:
     return (f"{where} matches a rank-{len(shape)} leaf, whose grouping axis is ambiguous: "
-            f"give the rule an axis, e.g. (regex, '{rule.nm}', {{'axis': 1}}); usual choices: "
-            f"{_AXIS_CHOICES}")
+            f"give the rule the axis of the input features, e.g. (regex, '{rule.nm}', "
+            f"{{'axis': {len(shape) - 2}}}) for a stacked Dense kernel; usual choices: "
+            f"{_axis_choices(len(shape))}")
   return None
 
 
@@ -193,9 +208,10 @@ def _stage_mask(w: jax.Array, recipe: Recipe, rule: Rule, stage) -> jax.Array:
   n = ns[stage]
   axis = rule_axis(rule, w.shape)
   if len(ms) == 1:
-    return nm_mask(w, n, ms[0], axis)
+    return stage_nm_mask(w, n, ms[0], axis)
   branch = jnp.asarray([ms.index(m) for _, m in stages], jnp.int32)[stage]
-  return jax.lax.switch(branch, [lambda w, n, m=m: nm_mask(w, n, m, axis) for m in ms], w, n)
+  return jax.lax.switch(branch, [lambda w, n, m=m: stage_nm_mask(w, n, m, axis) for m in ms],
+                        w, n)
 
 
 def _pattern_changed(recipe: Recipe, rule: Rule, step) -> jax.Array:
@@ -252,18 +268,6 @@ def _map_matched(fn, params, recipe: Recipe):
   return jax.tree_util.tree_map_with_path(visit, params)
 
 
-def _is_nnx_variable(x) -> bool:
-  # Duck-typed so that the core does not import flax.
-  return any(c.__name__ == "Variable" and c.__module__.startswith("flax.")
-             for c in type(x).__mro__)
-
-
-def unwrap_variables(tree):
-  """`tree` with Flax NNX Variables (e.g. `nnx.Optimizer`'s OptArray) replaced by their arrays."""
-  return jax.tree.map(lambda x: x.get_value() if _is_nnx_variable(x) else x, tree,
-                      is_leaf=_is_nnx_variable)
-
-
 def _checked_masks(masks, matched, fn: str, subtree: bool = False) -> dict | None:
   """The stored masks as a plain {path: array} dict, refusing ones that do not fit."""
   if masks is None:
@@ -286,19 +290,84 @@ def _checked_masks(masks, matched, fn: str, subtree: bool = False) -> dict | Non
   return dict(masks)
 
 
-def sparsify(params, recipe: Recipe, step, masks: Masks | None = None, *,
-             allow_unmatched_rules: bool = False):
+def shapes_gradient(recipe: Recipe) -> bool:
+  """Whether `pgf.gradient_flow(recipe)` changes the gradient (SR-STE's term, MDGF's decayed
+  gradient); for every other method it only counts steps (and keeps stored masks)."""
+  if recipe.method == "sr_ste":
+    return True
+  return recipe.mdgf is not None and recipe.gradient == "decayed"
+
+
+def _is_step(x) -> bool:
+  """An integer-step argument (or a mistaken float/bool/str one), as opposed to an optimizer
+  state (a pytree)."""
+  return isinstance(x, (int, float, str, bytes, np.generic)) or (
+      hasattr(x, "dtype") and hasattr(x, "shape"))
+
+
+def _integer_step_problem(recipe: Recipe) -> str | None:
+  if recipe.mask_update_every > 1:
+    return (f"recipe.mask_update_every={recipe.mask_update_every} keeps the masks in the "
+            "optimizer state, and they hold only at the step its gradient_flow counts")
+  if shapes_gradient(recipe):
+    what = ("SR-STE's term" if recipe.method == "sr_ste"
+            else f"MDGF's decayed gradient (method {recipe.method!r}, gradient='decayed')")
+    return (f"pgf.gradient_flow adds {what} to the gradient, which is right only when it comes "
+            "first on raw gradients, is built from this recipe and counts this step; only the "
+            "optimizer state can show that")
+  return None
+
+
+def _state_or_step(opt_state, step, fn: str):
+  if step is not None and opt_state is not None:
+    raise TypeError(f"pgf.{fn}: give the optimizer state or step=, not both")
+  if step is None and opt_state is None:
+    raise TypeError(f"pgf.{fn}(params, recipe, opt_state): the optimizer state is missing "
+                    "(it gives the step and the stored masks)")
+  return step if opt_state is None else opt_state
+
+
+def resolve(step_or_state, recipe: Recipe, masks, fn: str, *, allow_step: bool = False):
+  """(step, masks) for `fn` from an optimizer state (checked at trace time: one gradient_flow,
+  first on raw gradients, built from `recipe`) or, where that is safe, an integer step."""
+  if _is_step(step_or_state):
+    step = as_step(step_or_state, scalar=True)
+    if not allow_step:
+      problem = _integer_step_problem(recipe)
+      if problem:
+        raise TypeError(
+            f"pgf.{fn}(params, recipe, step): an integer step is not enough here: {problem}. "
+            f"Pass the optimizer state instead: pgf.{fn}(params, recipe, opt_state) (it reads "
+            "the step and the stored masks from it). An integer step is accepted only where "
+            "the model is a function of (recipe, step) alone: methods whose gradient_flow "
+            "passes gradients unchanged (dense, ste, sdgf_*, mdgf_* with gradient='ste') and "
+            "mask_update_every == 1.")
+    return step, masks
+  if masks is not None:
+    raise TypeError(f"pgf.{fn}: give either the optimizer state or masks=, not both (the "
+                    "state holds the masks)")
+  state = state_lib.read_state(step_or_state, recipe, fn)
+  stored = getattr(state, "masks", None)
+  return state.count, stored
+
+
+def sparsify(params, recipe: Recipe, opt_state=None, masks: Masks | None = None, *,
+             step=None, allow_unmatched_rules: bool = False):
   """Forward weights W ⊙ (Phi + D(step)·(1 − Phi)) with a straight-through gradient to W.
 
   Args:
     params: any params pytree (Flax linen `variables["params"]`, an NNX `nnx.State`, a dict).
-    recipe: the pgf.Recipe, the same one given to `pgf.gradient_flow`.
-    step: the training step as an integer (Python int or int32 scalar, possibly traced: the
-      step is data, so a jitted train step compiles once for the whole run). Pass
-      `pgf.step_from_state(opt_state)`: it counts optimizer updates, which is what the
-      schedules count (under `optax.MultiSteps`, real updates, not micro-steps).
-    masks: required when `recipe.mask_update_every > 1`, refused otherwise:
-      `pgf.masks_from_state(opt_state)` gives the masks the optimizer state holds.
+    recipe: the pgf.Recipe, the same one given to `pgf.gradient_flow` / `pgf.optimizer`.
+    opt_state: the optimizer state of `pgf.optimizer(recipe, ...)` (whole, as `tx.update`
+      returns it; `nnx.Optimizer(...).opt_state` for NNX). The step and, with
+      `mask_update_every > 1`, the stored masks are read from its gradient_flow state, and at
+      trace time (no run-time cost) it is checked that gradient_flow comes first on raw
+      gradients and was built from `recipe`. An integer step (Python int or int scalar,
+      possibly traced) is accepted instead only where the model is a function of (recipe, step)
+      alone: methods whose gradient_flow leaves gradients unchanged (dense, ste, sdgf_*,
+      mdgf_* with gradient="ste") with `mask_update_every == 1`; elsewhere it is a TypeError.
+    masks: the old way to pass stored masks with an integer step; refused (pass the state).
+    step: the old keyword for an integer step (same rules as a positional one).
     allow_unmatched_rules: sparsify a subtree with a recipe that also has rules for leaves
       outside it.
 
@@ -308,19 +377,24 @@ def sparsify(params, recipe: Recipe, step, masks: Masks | None = None, *,
     the method's gradient.
   """
   check_recipe(recipe, "sparsify", params)
-  step = as_step(step, scalar=True)
+  opt_state = _state_or_step(opt_state, step, "sparsify")
+  if masks is not None and _is_step(opt_state):
+    raise TypeError(
+        "pgf.sparsify(params, recipe, step, masks): stored masks hold only at the step the "
+        "optimizer state's gradient_flow counts, so pass the state instead: "
+        "pgf.sparsify(params, recipe, opt_state) reads both the step and the masks from it")
+  step, masks = resolve(opt_state, recipe, masks, "sparsify")
   if recipe.method == "dense":
     return params
-  if recipe.mask_update_every > 1 and masks is None:
-    raise ValueError(
-        f"Recipe.mask_update_every={recipe.mask_update_every} keeps masks in the optimizer "
-        "state: call pgf.sparsify(params, recipe, step, masks=pgf.masks_from_state(opt_state))")
-  if recipe.mask_update_every == 1 and masks is not None:
-    raise ValueError(
-        "pgf.sparsify got masks= but recipe.mask_update_every == 1, so masks are recomputed "
-        "from |W| every step and would be ignored; drop masks=, or give sparsify the same "
-        "recipe (with its mask_update_every) as pgf.gradient_flow")
   matched = check_params(params, recipe, allow_unmatched_rules)
+  if recipe.mdgf is not None:
+    ints = sorted(p for p, leaf in _matched_leaves(params, matched).items()
+                  if not jnp.issubdtype(leaf.dtype, jnp.inexact))
+    if ints:
+      raise ValueError(
+          f"pgf.sparsify: method {recipe.method!r} scales pruned weights by the fraction D(t), "
+          f"which the non-float leaves {ints[:3]} cannot hold (it would truncate to 0); "
+          "sparsify float params (quantize after pgf.finalize)")
   masks = _checked_masks(masks, matched, "sparsify", allow_unmatched_rules)
   decay = recipe.decay(step)
 
@@ -333,11 +407,18 @@ def sparsify(params, recipe: Recipe, step, masks: Masks | None = None, *,
   return _map_matched(apply, params, recipe)
 
 
-def current_masks(params, recipe: Recipe, step, masks: Masks | None = None, *,
-                  allow_unmatched_rules: bool = False) -> dict[str, Any]:
-  """{path: bool mask Phi} in force at `step` (for logging and analysis)."""
+def _matched_leaves(params, matched) -> dict[str, Any]:
+  return {leaf_path(kp): leaf for kp, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+          if leaf_path(kp) in matched}
+
+
+def current_masks(params, recipe: Recipe, opt_state=None, masks: Masks | None = None, *,
+                  step=None, allow_unmatched_rules: bool = False) -> dict[str, Any]:
+  """{path: bool mask Phi} in force (for logging and analysis): at the optimizer state's step
+  with its stored masks, or at an integer step (with `masks` given explicitly)."""
   check_recipe(recipe, "current_masks", params)
-  step = as_step(step, scalar=True)
+  opt_state = _state_or_step(opt_state, step, "current_masks")
+  step, masks = resolve(opt_state, recipe, masks, "current_masks", allow_step=True)
   matched = check_params(params, recipe, allow_unmatched_rules)
   masks = _checked_masks(masks, matched, "current_masks", allow_unmatched_rules)
   out = {}
@@ -351,12 +432,36 @@ def current_masks(params, recipe: Recipe, step, masks: Masks | None = None, *,
   return out
 
 
-def target_masks(params, recipe: Recipe, masks: Masks | None = None, *,
+def _trained_masks(recipe: Recipe, source, fn: str):
+  """The stored masks for finalize/target_masks from an optimizer state or a masks dict."""
+  if source is not None and state_lib.contains_gradient_flow_state(unwrap_variables(source)):
+    return getattr(state_lib.read_state(source, recipe, fn), "masks", None)
+  if source is None and recipe.mask_update_every > 1:
+    raise ValueError(
+        f"pgf.{fn}: recipe.mask_update_every={recipe.mask_update_every} trains with masks kept "
+        "in the optimizer state (between refreshes the optimizer has moved W, so masks "
+        "recomputed from |W| are not the ones the model was trained with): pass it, "
+        f"pgf.{fn}(params, recipe, opt_state), or the masks of a restored run "
+        "(pgf.analysis.runs.stored_masks)")
+  if source is not None and not isinstance(unwrap_variables(source), Mapping):
+    raise TypeError(f"pgf.{fn}: the third argument must be the optimizer state (or the stored "
+                    f"masks dict), got {type(source).__name__}")
+  return source
+
+
+def _source(opt_state, masks, fn: str):
+  if opt_state is not None and masks is not None:
+    raise TypeError(f"pgf.{fn}: give the optimizer state or masks=, not both")
+  return masks if opt_state is None else opt_state
+
+
+def target_masks(params, recipe: Recipe, opt_state=None, *, masks: Masks | None = None,
                  allow_unmatched_rules: bool = False) -> dict[str, jax.Array]:
   """{path: bool Phi_target}: the masks `finalize` applies (see there)."""
-  check_recipe(recipe, "finalize", params)
+  check_recipe(recipe, "target_masks", params)
+  masks = _trained_masks(recipe, _source(opt_state, masks, "target_masks"), "target_masks")
   matched = check_params(params, recipe, allow_unmatched_rules)
-  masks = _checked_masks(masks, matched, "finalize", allow_unmatched_rules)
+  masks = _checked_masks(masks, matched, "target_masks", allow_unmatched_rules)
   out = {}
 
   def record(path, w, rule):
@@ -373,7 +478,7 @@ def target_masks(params, recipe: Recipe, masks: Masks | None = None, *,
   return out
 
 
-def finalize(params, recipe: Recipe, masks: Masks | None = None, *,
+def finalize(params, recipe: Recipe, opt_state=None, *, masks: Masks | None = None,
              allow_unmatched_rules: bool = False):
   """Hard N:M at every rule's target pattern: what you evaluate and deploy.
 
@@ -383,18 +488,23 @@ def finalize(params, recipe: Recipe, masks: Masks | None = None, *,
   Args:
     params: the dense params W.
     recipe: the pgf.Recipe.
-    masks: the masks the model was trained with, `pgf.masks_from_state(opt_state)`, when
-      `recipe.mask_update_every > 1`. Between refreshes the forward pass uses those stored
+    opt_state: the optimizer state of the run (checked as in `sparsify`). Required when
+      `recipe.mask_update_every > 1`: between refreshes the forward pass uses the stored
       masks, not the masks of the current |W| (the optimizer has moved W since the last
-      refresh), so recomputing would deploy a model that was never trained: always pass them.
-      A stored mask is deployed as is when it is at the target N:M (the last refresh was at
-      the target pattern, which holds from the fine-tune phase on, and in the last SDGF stage);
-      a stored mask at an earlier, denser stage (finalize called mid-training) is replaced by
-      the target mask of |W|. Without `masks`, Phi_target is computed from |W|, which is the
-      forward's mask exactly when masks are refreshed every step.
+      refresh), so recomputing would deploy a model that was never trained. A stored mask is
+      deployed as is when it is at the target N:M (the last refresh was at the target pattern,
+      which holds from the fine-tune phase on, and in the last SDGF stage); a stored mask at an
+      earlier, denser stage (finalize called mid-training) is replaced by the target mask of
+      |W|. Without it (allowed when masks are refreshed every step) Phi_target is computed from
+      |W|, which is then the forward's mask.
+    masks: the stored masks dict (`pgf.masks_from_state(opt_state)`, or
+      `pgf.analysis.runs.stored_masks` of a restored run) in place of the state.
     allow_unmatched_rules: as in `sparsify`.
   """
-  phis = target_masks(params, recipe, masks, allow_unmatched_rules=allow_unmatched_rules)
+  check_recipe(recipe, "finalize", params)
+  source = _source(opt_state, masks, "finalize")
+  source = _trained_masks(recipe, source, "finalize")
+  phis = target_masks(params, recipe, masks=source, allow_unmatched_rules=allow_unmatched_rules)
   return _map_matched(lambda path, w, rule: jnp.where(phis[path], w, jnp.zeros_like(w)),
                       params, recipe)
 

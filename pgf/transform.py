@@ -13,41 +13,25 @@ method's gradient (docs/method.md has the full table per method and phase):
 It must see raw gradients: SR-STE's term is a gradient term, so after Adam (which has already
 scaled and negated the update) it would make pruned weights grow instead of decay.
 `pgf.optimizer(recipe, optax.adamw(...))` builds the chain in the right order;
-`step_from_state` / `masks_from_state` refuse an optimizer state in which gradient_flow comes
-after a rescaling transform (Adam, momentum, a learning-rate schedule, ...).
+`pgf.sparsify(params, recipe, opt_state)`, `pgf.finalize`, `step_from_state` and
+`masks_from_state` refuse, at trace time, an optimizer state in which gradient_flow comes after a
+transform with numeric state (Adam, momentum, a learning-rate schedule, ...) or that was built
+from another recipe (pgf/opt_state.py).
 """
 
 from __future__ import annotations
-
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from pgf import opt_state as state_lib
+from pgf.opt_state import GradientFlowMaskState, GradientFlowState, find_nodes
 from pgf.recipes import Recipe
-from pgf.sparsify import check_params, check_recipe, leaf_mask, leaf_path, unwrap_variables
+from pgf.sparsify import check_params, check_recipe, leaf_mask, leaf_path, shapes_gradient
 
 __all__ = ["gradient_flow", "optimizer", "GradientFlowState", "GradientFlowMaskState",
-           "masks_from_state", "step_from_state"]
-
-
-class GradientFlowState(NamedTuple):
-  """Only the step count: masks are recomputed from params, so checkpoints and sharding stay
-  identical to dense training."""
-  count: jax.Array  # int32 scalar: the step whose gradient the next update receives
-
-
-class GradientFlowMaskState(NamedTuple):
-  """State when `mask_update_every > 1`: the masks in force between refreshes."""
-  count: jax.Array
-  masks: dict[str, jax.Array]  # {leaf path: bool mask}
-
-
-def _needs_mask(recipe: Recipe) -> bool:
-  if recipe.method == "sr_ste":
-    return True
-  return recipe.mdgf is not None and recipe.gradient == "decayed"
+           "masks_from_state", "step_from_state", "find_nodes"]
 
 
 def gradient_flow(recipe: Recipe) -> optax.GradientTransformation:
@@ -79,31 +63,44 @@ def gradient_flow(recipe: Recipe) -> optax.GradientTransformation:
   """
   check_recipe(recipe, "gradient_flow")
   keep_masks = recipe.mask_update_every > 1
+  # The recipe is part of the state's type (its treedef): checked at trace time, free at run time.
+  plain_state = state_lib.state_class(GradientFlowState, recipe)
+  mask_state = state_lib.state_class(GradientFlowMaskState, recipe)
 
   def init_fn(params):
     count = jnp.zeros([], jnp.int32)
     if recipe.method == "dense":
-      return GradientFlowState(count)
+      return plain_state(count)
     matched = check_params(params, recipe)  # fail here, before anything is compiled
     if not keep_masks:
-      return GradientFlowState(count)
+      return plain_state(count)
     masks = {}
     for key_path, w in jax.tree_util.tree_flatten_with_path(params)[0]:
       path = leaf_path(key_path)
       if path in matched:
         rule = recipe.rules[matched[path][0]]
         masks[path] = leaf_mask(w, recipe, rule, count)
-    return GradientFlowMaskState(count, masks)
+    return mask_state(count, masks)
 
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError(
           "pgf.gradient_flow needs the params to compute N:M masks: call "
           "tx.update(grads, opt_state, params)")
+    if not state_lib.is_gradient_flow_state(state):
+      raise TypeError(f"pgf.gradient_flow: update got a {type(state).__name__} state, not the "
+                      "one its init returned")
+    if type(state).recipe is not None:  # a hand-built state records none
+      state_lib.check_recipe(state, recipe, "gradient_flow (update)")
+    if keep_masks != isinstance(state, GradientFlowMaskState):
+      raise ValueError(
+          f"pgf.gradient_flow: recipe.mask_update_every={recipe.mask_update_every} but the state "
+          f"is a {type(state).__name__}: it was built for another recipe; init it with this "
+          "transform")
     step = state.count
     new_count = optax.safe_int32_increment(step)
     if recipe.method == "dense":
-      return updates, GradientFlowState(new_count)
+      return updates, plain_state(new_count)
     decay = recipe.decay(step)
     in_dense_phase = step < recipe.dense_steps
     new_masks = {}
@@ -120,7 +117,7 @@ def gradient_flow(recipe: Recipe) -> optax.GradientTransformation:
       if keep_masks:
         phi = leaf_mask(w, recipe, rule, step, state.masks[path])
         new_masks[path] = phi
-      if not _needs_mask(recipe):
+      if not shapes_gradient(recipe):
         return g
       if phi is None:
         phi = leaf_mask(w, recipe, rule, step)
@@ -133,8 +130,8 @@ def gradient_flow(recipe: Recipe) -> optax.GradientTransformation:
 
     shaped = jax.tree_util.tree_map_with_path(shape_gradient, updates, params)
     if keep_masks:
-      return shaped, GradientFlowMaskState(new_count, new_masks)
-    return shaped, GradientFlowState(new_count)
+      return shaped, mask_state(new_count, new_masks)
+    return shaped, plain_state(new_count)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -163,106 +160,29 @@ def optimizer(recipe: Recipe, *inner: optax.GradientTransformation
   return optax.chain(gradient_flow(recipe), *inner)
 
 
-# optax states of transforms that rescale, accumulate or negate the gradient: gradient_flow
-# after one of them in a chain no longer sees raw gradients. Stateless transforms (constant
-# learning-rate SGD, optax.scale) leave no trace in the state and cannot be detected.
-_RESCALING_STATE_PREFIXES = ("ScaleBy",)
-_RESCALING_STATES = frozenset({"TraceState", "EmaState", "FactoredState",
-                               "InjectHyperparamsState", "InjectStatefulHyperparamsState"})
-
-
-def _is_rescaling_state(node) -> bool:
-  name = type(node).__name__
-  return isinstance(node, tuple) and (name in _RESCALING_STATES
-                                      or name.startswith(_RESCALING_STATE_PREFIXES))
-
-
-def _child(node, key):
-  """The child of `node` under one jax key-path entry, or raise LookupError."""
-  for attr, get in (("idx", lambda k: node[k.idx]), ("key", lambda k: node[k.key]),
-                    ("name", lambda k: getattr(node, k.name))):
-    if hasattr(key, attr):
-      try:
-        return get(key)
-      except (KeyError, IndexError, TypeError, AttributeError) as e:
-        raise LookupError(key) from e
-  raise LookupError(key)
-
-
-def _check_chain_order(opt_state, is_state) -> None:
-  """ValueError if, in some optax.chain (a plain tuple of states), gradient_flow's state comes
-  after the state of a rescaling transform."""
-  flat, _ = jax.tree_util.tree_flatten_with_path(opt_state, is_leaf=is_state)
-  for key_path, node in flat:
-    if not is_state(node):
-      continue
-    parent = opt_state
-    for key in key_path:
-      if type(parent) is tuple and hasattr(key, "idx"):  # pylint: disable=unidiomatic-typecheck
-        before = find_nodes(parent[:key.idx], _is_rescaling_state)
-        if before:
-          raise ValueError(
-              "pgf.gradient_flow must come first in the chain, on raw gradients, but it "
-              f"follows {type(before[0]).__name__} (Adam, momentum, a schedule, ...): "
-              "SR-STE's and MDGF's terms would act on already scaled updates, and SR-STE "
-              "would make pruned weights grow. Build the optimizer with "
-              "pgf.optimizer(recipe, optax.adamw(...)), i.e. "
-              "optax.chain(pgf.gradient_flow(recipe), optax.adamw(...)).")
-      try:
-        parent = _child(parent, key)
-      except LookupError:
-        break
-
-
-def find_nodes(tree: Any, predicate) -> list:
-  """Every node of `tree` (outermost first) for which `predicate(node)` holds, e.g. the
-  states of one transform inside a chained optimizer state."""
-  found = []
-
-  def visit(node):
-    if predicate(node):
-      found.append(node)
-      return True
-    return False
-
-  jax.tree_util.tree_map(lambda _: None, tree, is_leaf=visit)
-  return found
-
-
-def _find_states(state: Any) -> list:
-  return find_nodes(state, lambda node: isinstance(
-      node, (GradientFlowState, GradientFlowMaskState)))
-
-
-def _single_state(opt_state):
-  states = _find_states(opt_state)
-  if len(states) != 1:
-    raise ValueError(f"expected exactly one pgf.gradient_flow state in the optimizer state, "
-                     f"found {len(states)}")
-  _check_chain_order(opt_state, lambda node: isinstance(
-      node, (GradientFlowState, GradientFlowMaskState)))
-  return unwrap_variables(states[0])
-
-
-def masks_from_state(opt_state) -> dict[str, jax.Array]:
+def masks_from_state(opt_state, recipe: Recipe | None = None) -> dict[str, jax.Array]:
   """The masks held by the gradient_flow state inside an optimizer state.
 
-  Accepts a chained optax state, one wrapped by `optax.MultiSteps` or
-  `optax.inject_hyperparams`, and Flax NNX's `nnx.Optimizer(...).opt_state` (its Variables are
-  unwrapped to arrays).
+  Accepts a chained optax state, one wrapped by `optax.MultiSteps`, `optax.inject_hyperparams`
+  and the other optax wrappers, and Flax NNX's `nnx.Optimizer(...).opt_state` (its Variables are
+  unwrapped to arrays). Checks at trace time that gradient_flow comes first, on raw gradients,
+  and, given `recipe`, that the state was built from it. `pgf.sparsify(params, recipe,
+  opt_state)` and `pgf.finalize(params, recipe, opt_state)` read the masks themselves.
   """
-  state = _single_state(opt_state)
+  state = state_lib.read_state(opt_state, recipe, "masks_from_state")
   if not isinstance(state, GradientFlowMaskState):
-    raise ValueError("this gradient_flow state holds no masks (mask_update_every == 1): "
-                     "masks are recomputed from params; call pgf.sparsify without masks")
+    raise ValueError("pgf.masks_from_state: this gradient_flow state holds no masks "
+                     "(mask_update_every == 1): masks are recomputed from params; call "
+                     "pgf.sparsify(params, recipe, opt_state)")
   return state.masks
 
 
-def step_from_state(opt_state) -> jax.Array:
-  """The step count of the gradient_flow state: the `step` to give `pgf.sparsify`.
+def step_from_state(opt_state, recipe: Recipe | None = None) -> jax.Array:
+  """The step count of the gradient_flow state (int32): what the recipe's schedules count.
 
-  It counts the updates the transform has made, which is what the recipe's schedules count.
-  Under `optax.MultiSteps` that is real (accumulated) updates, not micro-steps, so give the
-  recipe `total_steps` in real updates. Accepts the same states as `masks_from_state`.
+  It counts the updates the transform has made. Under `optax.MultiSteps` that is real
+  (accumulated) updates, never the micro-step counter, so give the recipe `total_steps` in real
+  updates. Accepts the same states, and makes the same checks, as `masks_from_state`.
+  `pgf.sparsify(params, recipe, opt_state)` reads the step itself.
   """
-  return _single_state(opt_state).count
+  return state_lib.read_state(opt_state, recipe, "step_from_state").count

@@ -37,7 +37,7 @@ def test_json_has_every_section_and_the_environment(smoke):
   for key in ("date", "device_kind", "platform", "jax", "jaxlib", "flax", "host_cores"):
     assert env[key], key
   assert env["smoke"] is True and env["peak_bf16_flops"] is None  # a CPU has no bf16 peak
-  for name in ("masks", "step", "t5", "input", "peer"):
+  for name in ("masks", "step", "t5", "input", "peer", "decode"):
     assert name in results and "error" not in results[name], (name, results.get(name))
 
 
@@ -65,6 +65,16 @@ def test_step_rows(smoke, kind):
     assert r["calls"] >= 3
 
 
+def test_decode_rows(smoke):
+  rows = smoke[0]["decode"]["rows"]
+  assert {(r["batch"], r["contender"]) for r in rows} == {
+      (b, c) for b in (1, 8) for c in ("dense", "gather", "expand")}
+  for r in rows:
+    assert positive_finite(r["tokens_per_s"]) and positive_finite(r["vs_dense"])
+    assert r["nm_kernel_bytes_compressed"] < r["nm_kernel_bytes_dense"]
+  assert all(r["vs_dense"] == 1.0 for r in rows if r["contender"] == "dense")
+
+
 def test_input_and_peer_rows_skip_or_measure(smoke):
   results = smoke[0]
   if "skipped" not in results["input"]:
@@ -81,7 +91,8 @@ def test_input_and_peer_rows_skip_or_measure(smoke):
 def test_table_and_merge(smoke, tmp_path):
   results, stdout, path = smoke
   assert "SMOKE RUN" in stdout
-  for header in ("## masks", "## step", "## t5", "## input", "## peer", "| method | step ms |",
+  for header in ("## masks", "## step", "## t5", "## input", "## peer", "## decode",
+                 "| FF pattern | batch | contender |", "| method | step ms |",
                  "| shape | dtype | N:M |"):
     assert header in stdout, header
   # --merge of per-sub-benchmark files (as device_check.sh runs them) renders the same table.

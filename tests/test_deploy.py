@@ -143,6 +143,57 @@ def test_auto_dispatch_and_override():
     assert deploy.resolve_impl("gather", 1, k) == "gather"
 
 
+def test_auto_never_gathers_on_tpu():
+  # The TPU compiler counts 50-300x the dense bytes for "gather" (experiments/aot_nm_dot.py):
+  # "auto" picks the Pallas kernel where Mosaic tiles the shape, else "expand", at any batch.
+  small = deploy.from_dense(kernel((32, 8)), 1, 4)        # R8 = 1: a whole-array column block
+  wide = deploy.from_dense(kernel((64, 8000)), 1, 4)      # R8 = 1000: no 128-aligned tiling
+  for rows in (1, 8, 64, 65, 512):
+    assert deploy.resolve_impl(None, rows, small, backend="tpu") == "pallas"
+    assert deploy.resolve_impl(None, rows, wide, backend="tpu") == "expand"
+    with deploy.use_backend("tpu"):
+      assert deploy.resolve_impl(None, rows, small) == "pallas"
+  assert deploy.resolve_impl(None, 8, wide, backend="cpu") == "gather"
+  with pytest.raises(ValueError, match="backend='tpuu'"):
+    with deploy.use_backend("tpuu"):
+      pass
+
+
+def test_pallas_supported_checks_the_target_backend():
+  from pgf.deploy import pallas
+  # 1000 packed columns: Triton takes 8-column blocks; Mosaic needs 128-multiples or all of
+  # them, and a 1000-wide (8000-column) block is refused.
+  assert pallas.supported(8, 1, 16, 48, 1000, backend="gpu")
+  assert not pallas.supported(8, 1, 16, 48, 1000, backend="tpu")
+  assert pallas.tiles(8, 1, 16, 48, 384, backend="tpu") == (128, 16, 16)
+  assert pallas.tiles(8, 1, 16, 48, 384, backend="gpu") == (32, 16, 16)
+  # 1:4 on TPU: block_g * M must be a multiple of 128 (an aligned lane slice): 32 groups.
+  assert pallas.tiles(1, 1, 4, 192, 384, backend="tpu") == (128, 32, 16)
+  # VMEM: a 2:4 8192 x 2048 kernel at 64 rows does not fit the scoped VMEM (Mosaic: "E1001
+  # CompileTimeScopedVmemOom"); 1:4 does.
+  assert not pallas.supported(64, 2, 4, 2048, 256, backend="tpu")
+  assert pallas.supported(64, 1, 4, 2048, 256, backend="tpu")
+  assert not pallas.supported(2000, 1, 4, 2048, 256, backend="tpu")
+  with pytest.raises(ValueError, match="backend='metal'"):
+    pallas.supported(8, 1, 16, 48, 384, backend="metal")
+
+
+@pytest.mark.parametrize("rows,k_dim,r,n,m", [
+    (1, 256, 1024, 1, 4),     # 1:4: 32 groups (128 lanes) per loop step, 2 steps
+    (9, 256, 1024, 1, 16),    # rows padded to 16, 128-column blocks
+    (3, 256, 72, 2, 32),      # R8 = 9: one whole-array column block
+])
+def test_pallas_tpu_tiling_in_interpret_mode(rows, k_dim, r, n, m):
+  """The tiles the TPU lowering uses, run in the interpreter against the jnp reference."""
+  from pgf.deploy import pallas
+  w = kernel((k_dim, r), seed=m)
+  k = jax.tree.map(jnp.asarray, deploy.from_dense(w, n, m, 0, dtype=jnp.float32))
+  x = jnp.asarray(kernel((rows, k_dim), seed=2), jnp.float32)
+  got = pallas.nm_matmul(x, k.values, k.packed, m=m, r=r, interpret=True, backend="tpu")
+  want = deploy.nm_dot(x, k, impl="expand")
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("rows,k_dim,r,n,m,dtype", [
     (1, 768, 64, 1, 4, jnp.float32),
     (8, 256, 128, 1, 8, jnp.float32),
@@ -287,3 +338,154 @@ def test_bench_smoke(capsys):
   bench_deploy.main(["--smoke"])
   out = capsys.readouterr().out
   assert "| 64x32 | 1:4 | float32 | 1 |" in out and "| float32 | 8 |" in out
+
+
+# ===================================================================== round 2 (issue 28)
+def test_round2_dense_general_with_descending_axes():
+  """Finding 4: Flax sorts DenseGeneral's axes; the interceptor now does too (equal sizes gave
+  wrong numbers, unequal sizes an error)."""
+  for shape, axis in (((3, 4, 4), (-1, -2)), ((3, 4, 8), (2, 1))):
+    x = jnp.asarray(kernel(shape, seed=1))
+    layer = nn.DenseGeneral(6, axis=axis)
+    params = layer.init(jax.random.key(0), x)["params"]
+    assert params["kernel"].shape == (shape[1], shape[2], 6)
+    params = dict(params, bias=params["bias"] + 0.5)
+    k = deploy.from_dense(params["kernel"], 1, 4, (0, 1))
+    want = layer.apply({"params": dict(params, kernel=k.dense())}, x)
+    with deploy.intercept():
+      got = layer.apply({"params": dict(params, kernel=k)}, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_round2_save_load_returns_the_tree_exactly(tmp_path):
+  """Finding 5: scalars keep shape (), lists and tuples stay lists and tuples, keys with '/'
+  and int keys come back as they were."""
+  tree = {"scale": np.float32(2.5), "count": np.asarray(7, np.int32),
+          "layers": [{"kernel": deploy.from_dense(kernel((8, 4)), 1, 4, 0)},
+                     {"kernel": kernel((8, 4), seed=2)}],
+          "pair": (np.zeros(3, np.float32), np.ones((), np.float32)),
+          "a/b": {"kernel": kernel((4, 2), seed=3)}, "a": {"b": {"kernel": kernel((4, 2))}},
+          "by_id": {0: np.arange(3.0), 1: np.arange(2.0)}, "100%": np.ones(2)}
+  path = str(tmp_path / "t.safetensors")
+  deploy.save(path, tree)
+  got = deploy.load(path, as_jax=False)
+  assert jax.tree.structure(got, is_leaf=deploy.is_compressed) == jax.tree.structure(
+      tree, is_leaf=deploy.is_compressed)
+  for want, have in zip(jax.tree.leaves(tree, is_leaf=deploy.is_compressed),
+                        jax.tree.leaves(got, is_leaf=deploy.is_compressed)):
+    if deploy.is_compressed(want):
+      np.testing.assert_array_equal(have.dense(), want.dense())
+    else:
+      assert np.shape(have) == np.shape(want) and np.asarray(have).dtype == np.asarray(want).dtype
+      np.testing.assert_array_equal(have, want)
+  # A Flax model accepts the reloaded scalar param (it used to come back with shape (1,)).
+  class Scaled(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return x * self.param("scale", lambda _: jnp.float32(1.0))
+  out = Scaled().apply({"params": {"scale": got["scale"]}}, jnp.ones(2))
+  np.testing.assert_array_equal(out, [2.5, 2.5])
+
+
+def _flip_byte(path, tensor):
+  """Flips one byte inside `tensor`'s data in a safetensors file."""
+  with open(path, "rb") as f:
+    data = bytearray(f.read())
+  size = int.from_bytes(data[:8], "little")
+  meta = json.loads(data[8:8 + size])
+  start, _ = meta[tensor]["data_offsets"]
+  data[8 + size + start] ^= 0x10
+  with open(path, "wb") as f:
+    f.write(bytes(data))
+
+
+@pytest.mark.parametrize("part", ["values", "indices"])
+def test_round2_a_flipped_byte_is_an_error_in_load_and_verify(tmp_path, part):
+  """Finding 5: the header's sha256 per tensor catches any changed byte (before, flipped
+  values loaded silently and --verify exited 0)."""
+  path = str(tmp_path / "m.safetensors")
+  deploy.save(path, {"fc": {"kernel": deploy.from_dense(kernel((16, 8)), 1, 4, 0),
+                            "bias": np.zeros(8, np.float32)}})
+  deploy.load(path)
+  _flip_byte(path, f"fc/kernel/{part}")
+  with pytest.raises(ValueError, match=rf"tensor 'fc/kernel/{part}' does not match its sha256"):
+    deploy.load(path)
+  result = subprocess.run([sys.executable, "-m", "pgf.deploy", f"--verify={path}"], cwd=ROOT,
+                          capture_output=True, text=True, env=ENV, timeout=300)
+  assert result.returncode != 0 and "does not match its sha256" in result.stderr
+
+
+def test_round2_files_of_the_first_format_still_load():
+  """A file written by the previous pgf (pgf-nm-v1, no digests), committed as a fixture."""
+  path = os.path.join(ROOT, "tests", "data", "deploy_v1.safetensors")
+  assert deploy.read_header(path)["format"] == "pgf-nm-v1"
+  got = deploy.load(path, as_jax=False)
+  rng = np.random.default_rng(0)  # how the fixture was made
+  w = rng.normal(size=(16, 8)).astype(np.float32)
+  conv = rng.normal(size=(3, 3, 4, 8)).astype(np.float32)
+  bias = rng.normal(size=(8,)).astype(np.float32)
+  head = rng.normal(size=(8, 3)).astype(np.float32)
+  np.testing.assert_array_equal(got["fc"]["kernel"].dense(), masked(w, 2, 4, 0))
+  np.testing.assert_array_equal(got["conv"]["kernel"].dense(), masked(conv, 1, 4, (0, 1, 2)))
+  np.testing.assert_array_equal(got["fc"]["bias"], bias)
+  np.testing.assert_array_equal(got["head"]["kernel"], head)
+  out = run_cli(f"--verify={path}")
+  assert "2 N:M kernels verified" in out and "no digests" in out
+
+
+def test_round2_damaged_or_foreign_files_give_pgf_errors(tmp_path):
+  """Finding 9: truncated, random, .npz and wrong-header files name the problem."""
+  good = str(tmp_path / "good.safetensors")
+  deploy.save(good, {"fc": {"kernel": deploy.from_dense(kernel((16, 8)), 1, 4, 0)}})
+  with open(good, "rb") as f:
+    data = f.read()
+  cases = {}
+  cases["truncated"] = data[:len(data) - 20]
+  cases["random"] = np.random.default_rng(0).bytes(500)
+  npz = tmp_path / "x.npz"
+  np.savez(npz, a=np.ones(3))
+  cases["npz"] = npz.read_bytes()
+  from safetensors.numpy import save_file
+  for name, meta in (("no_header", None), ("bad_json", {"pgf": "{not json"}),
+                     ("wrong_format", {"pgf": json.dumps({"format": "other", "kernels": {}})}),
+                     ("bad_kernel", {"pgf": json.dumps({"format": "pgf-nm-v1",
+                                                        "kernels": {"k": {"n": 1}}})})):
+    path = tmp_path / f"{name}.safetensors"
+    save_file({"k/values": np.ones((1, 1, 1), np.float32)}, str(path), metadata=meta)
+    cases[name] = path.read_bytes()
+  for name, content in cases.items():
+    path = tmp_path / f"case_{name}.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"{path.name}"):
+      deploy.load(str(path))
+  with pytest.raises(ValueError, match="no such file"):
+    deploy.load(str(tmp_path / "missing.safetensors"))
+
+
+class _ScanBlock(nn.Module):
+  @nn.compact
+  def __call__(self, h, _):
+    return h + nn.Dense(8, name="fc")(h), None
+
+
+class _ScanModel(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    h, _ = nn.scan(_ScanBlock, variable_axes={"params": 0}, split_rngs={"params": True},
+                   length=2)(name="layers")(x, None)
+    return h
+
+
+def test_round2_scanned_model_from_compressed_params_says_densify():
+  """Finding 9: nn.scan slices a compressed kernel; the error now says to densify."""
+  model = _ScanModel()
+  x = jnp.asarray(kernel((3, 8)))
+  params = model.init(jax.random.key(0), x)["params"]
+  recipe = pgf.Recipe("ste", rules=((r"layers/fc/kernel", "1:4", {"axis": 1}),))
+  compressed = deploy.compress_params(params, recipe)
+  with pytest.raises(ValueError, match=r"nn.scan.*pgf.deploy.densify"):
+    with deploy.intercept():
+      model.apply({"params": compressed}, x)
+  want = model.apply({"params": pgf.finalize(params, recipe)}, x)
+  got = model.apply({"params": deploy.densify(compressed)}, x)
+  np.testing.assert_allclose(got, want, rtol=1e-6)

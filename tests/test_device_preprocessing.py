@@ -48,6 +48,22 @@ def test_mixup_mixes_images_and_targets_with_the_same_lambda():
   assert float(other[2]) != float(lam)
 
 
+def test_mixup_partners_come_from_the_same_shard():
+  x, t = images_and_targets()  # 8 examples
+  want = np.concatenate([np.asarray(x)[3::-1], np.asarray(x)[:3:-1]])  # 2 blocks, each reversed
+  np.testing.assert_array_equal(mixup.partners(x, 2), want)
+  np.testing.assert_array_equal(mixup.partners(x, 3), np.asarray(x)[::-1])  # 8 % 3: whole
+  out, targets, lam = mixup.mix_batch(jax.random.key(3), x, t, SPEC, shards=2)
+  np.testing.assert_allclose(out, lam * x + (1 - lam) * want, rtol=1e-5, atol=1e-6)
+  with mixup.partner_shards(2):  # the trainer's route: the batch's shard count as context
+    np.testing.assert_array_equal(mixup.mix_batch(jax.random.key(3), x, t, SPEC)[0], out)
+  t_want = np.concatenate([np.asarray(t)[3::-1], np.asarray(t)[:3:-1]])
+  np.testing.assert_allclose(targets, lam * t + (1 - lam) * t_want, rtol=1e-5)
+  with pytest.raises(ValueError, match="shards=0"):
+    with mixup.partner_shards(0):
+      pass
+
+
 def test_cutmix_pastes_a_box_and_lambda_is_the_kept_area():
   x, t = images_and_targets()
   spec = mixup.MixSpec(cutmix_alpha=1.0)
@@ -118,8 +134,9 @@ def test_bf16_compute_matches_float32_and_deploys_exact_nm():
   recipe = build_recipe(tiny_demo(), 4)
   batch = f32.train_source.train_batch(0)
   grads = {}
+  at_2 = pgf.at_step(pgf.gradient_flow(recipe).init(params), 2)  # the forward of step 2
   for name, task in (("f32", f32), ("bf16", bf16)):
-    loss_fn = lambda p, t=task: t.loss_fn(pgf.sparsify(p, recipe, 2), batch,
+    loss_fn = lambda p, t=task: t.loss_fn(pgf.sparsify(p, recipe, at_2), batch,
                                           jax.random.key(1), True)[0]
     loss, grads[name] = jax.jit(jax.value_and_grad(loss_fn))(params)
     if name == "f32":

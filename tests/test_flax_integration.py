@@ -50,21 +50,22 @@ def train_linen(method, rules=RULES, steps=12, **kw):
   tx = optax.chain(pgf.gradient_flow(recipe), optax.adamw(3e-3))
   opt_state = tx.init(params)
 
-  def loss_fn(p, step):
-    logits = model.apply({"params": pgf.sparsify(p, recipe, step)}, x)
+  def loss_fn(p, opt_state):
+    logits = model.apply({"params": pgf.sparsify(p, recipe, opt_state)}, x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
   @jax.jit
-  def train_step(p, opt_state, step):
-    loss, grads = jax.value_and_grad(loss_fn)(p, step)
+  def train_step(p, opt_state):
+    loss, grads = jax.value_and_grad(loss_fn)(p, opt_state)
     updates, opt_state = tx.update(grads, opt_state, p)
     return optax.apply_updates(p, updates), opt_state, loss
 
-  effective_fn = jax.jit(lambda p, step: pgf.sparsify(p, recipe, step))
+  effective_fn = jax.jit(lambda p, opt_state: pgf.sparsify(p, recipe, opt_state))
   losses, effective = [], []
   for step in range(steps):
-    effective.append((params, effective_fn(params, jnp.int32(step))))
-    params, opt_state, loss = train_step(params, opt_state, jnp.int32(step))
+    assert int(pgf.step_from_state(opt_state)) == step
+    effective.append((params, effective_fn(params, opt_state)))
+    params, opt_state, loss = train_step(params, opt_state)
     losses.append(float(loss))
   return model, recipe, params, losses, effective
 
@@ -141,14 +142,13 @@ def test_nnx_training_through_split_and_merge():
   opt_state = tx.init(params)
   x, y = data()
 
-  def loss_fn(p, step):
-    logits = nnx.merge(graphdef, pgf.sparsify(p, recipe, step), rest)(x)
+  def loss_fn(p, opt_state):
+    logits = nnx.merge(graphdef, pgf.sparsify(p, recipe, opt_state), rest)(x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
   @jax.jit
   def train_step(p, opt_state):
-    step = pgf.step_from_state(opt_state)
-    loss, grads = jax.value_and_grad(loss_fn)(p, step)
+    loss, grads = jax.value_and_grad(loss_fn)(p, opt_state)
     updates, opt_state = tx.update(grads, opt_state, p)
     return optax.apply_updates(p, updates), opt_state, loss
 

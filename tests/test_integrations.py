@@ -46,10 +46,8 @@ RECIPE = pgf.Recipe("sdgf_stepwise", rules=((r"fc1/kernel", "1:8"),), total_step
 
 def make_step(recipe, tx, x=X, y=Y):
   def train_step(params, opt_state):
-    step = pgf.step_from_state(opt_state)
-    masks = pgf.masks_from_state(opt_state) if recipe.mask_update_every > 1 else None
     loss, grads = jax.value_and_grad(
-        lambda p: xent(mlp_apply(pgf.sparsify(p, recipe, step, masks), x), y))(params)
+        lambda p: xent(mlp_apply(pgf.sparsify(p, recipe, opt_state), x), y))(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
   return train_step
@@ -66,8 +64,7 @@ def python_loop(recipe, tx, params, steps):
 
 
 def assert_deploys_exact_nm(params, recipe, opt_state, n=1, m=8):
-  masks = pgf.masks_from_state(opt_state) if recipe.mask_update_every > 1 else None
-  kernel = pgf.finalize(params, recipe, masks)["fc1"]["kernel"]
+  kernel = pgf.finalize(params, recipe, opt_state)["fc1"]["kernel"]
   assert bool(pgf.is_nm(kernel != 0, n, m, 0))
 
 
@@ -152,12 +149,9 @@ def test_nnx_optimizer_equals_the_functional_run(every):
 
   @nnx.jit
   def nnx_step(model, optimizer):
-    step = pgf.step_from_state(optimizer.opt_state)
-    masks = pgf.masks_from_state(optimizer.opt_state) if every > 1 else None
-
     def loss_fn(model):
       graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-      sparse = nnx.merge(graphdef, pgf.sparsify(params, recipe, step, masks=masks), rest)
+      sparse = nnx.merge(graphdef, pgf.sparsify(params, recipe, optimizer.opt_state), rest)
       return xent(sparse(X))
 
     grads = nnx.grad(loss_fn)(model)
@@ -168,11 +162,8 @@ def test_nnx_optimizer_equals_the_functional_run(every):
   params = nnx.to_pure_dict(params)
 
   def functional_step(params, opt_state):
-    step = pgf.step_from_state(opt_state)
-    masks = pgf.masks_from_state(opt_state) if every > 1 else None
-
     def loss_fn(p):
-      state = nnx.State(pgf.sparsify(p, recipe, step, masks=masks))
+      state = nnx.State(pgf.sparsify(p, recipe, opt_state))
       return xent(nnx.merge(graphdef, state, rest)(X))
 
     grads = jax.grad(loss_fn)(params)
@@ -187,8 +178,7 @@ def test_nnx_optimizer_equals_the_functional_run(every):
   assert int(pgf.step_from_state(optimizer.opt_state)) == 12
   trained = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   assert_tree_close(trained, params)
-  masks = pgf.masks_from_state(optimizer.opt_state) if every > 1 else None
-  deployed = pgf.finalize(nnx.state(model, nnx.Param), recipe, masks=masks)
+  deployed = pgf.finalize(nnx.state(model, nnx.Param), recipe, optimizer.opt_state)
   assert bool(pgf.is_nm(deployed["fc1"]["kernel"][...] != 0, 1, 8, 0))
 
 
@@ -225,9 +215,8 @@ def test_nn_scan_stacked_kernels_group_within_each_layer():
 
   @jax.jit
   def train_step(params, opt_state):
-    step = pgf.step_from_state(opt_state)
     loss, grads = jax.value_and_grad(
-        lambda p: xent(model.apply({"params": pgf.sparsify(p, recipe, step)}, X)))(params)
+        lambda p: xent(model.apply({"params": pgf.sparsify(p, recipe, opt_state)}, X)))(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
@@ -257,5 +246,24 @@ def test_bfloat16_params_train_and_deploy_exact_nm():
   assert deployed["fc1"]["kernel"].dtype == jnp.bfloat16
   assert bool(pgf.is_nm(deployed["fc1"]["kernel"] != 0, 1, 8, 0))
   # In the sparse phase the forward weights are the deployed weights, bit for bit.
-  np.testing.assert_array_equal(pgf.sparsify(params, recipe, 11)["fc1"]["kernel"],
-                                deployed["fc1"]["kernel"])
+  np.testing.assert_array_equal(
+      pgf.sparsify(params, recipe, pgf.at_step(opt_state, 11))["fc1"]["kernel"],
+      deployed["fc1"]["kernel"])
+
+
+def test_round2_nnx_state_of_the_optimizer_says_which_subtree_to_pass():
+  """Finding 9: nnx.state(optimizer) turns optax's state types into dicts; the error says to
+  pass optimizer.opt_state (it said "found 0")."""
+  recipe = pgf.Recipe("sr_ste", rules=((r"fc1/kernel", "1:8"),), total_steps=12)
+  optimizer = nnx.Optimizer(NNXMLP(nnx.Rngs(0)), pgf.optimizer(recipe, optax.adam(1e-2)),
+                            wrt=nnx.Param)
+  with pytest.raises(ValueError, match=r"pass `optimizer.opt_state` of the nnx.Optimizer, not "
+                                       r"nnx.state\(optimizer\)"):
+    pgf.step_from_state(nnx.state(optimizer))
+  assert int(pgf.step_from_state(optimizer.opt_state, recipe)) == 0
+  # The wrong order is refused through nnx's Variables too.
+  wrong = nnx.Optimizer(NNXMLP(nnx.Rngs(0)),
+                        optax.chain(optax.adam(1e-2), pgf.gradient_flow(recipe)), wrt=nnx.Param)
+  params = nnx.state(NNXMLP(nnx.Rngs(0)), nnx.Param)
+  with pytest.raises(ValueError, match="must be the first transform on the raw gradients"):
+    pgf.sparsify(params, recipe, wrong.opt_state)

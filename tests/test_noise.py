@@ -88,9 +88,9 @@ def test_noise_stats_inside_a_jitted_step(method, kw):
 
   @jax.jit
   def step_fn(params, opt_state, prev_masks, step):
-    masks = pgf.masks_from_state(opt_state) if recipe.mask_update_every > 1 else None
     loss = lambda p: jnp.mean(  # noqa: E731
-        jnp.square(x @ pgf.sparsify(p, recipe, step, masks)["mlp"]["fc1"]["kernel"]))
+        jnp.square(x @ pgf.sparsify(p, recipe, pgf.at_step(opt_state, step))["mlp"]["fc1"][
+            "kernel"]))
     grads = jax.grad(loss)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     # The way train.py measures every k steps: both branches return the same structure.

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from pgf.families import gpt as gpt_family
 from pgf.families import t5 as t5_family
 from pgf.train import config_lib
 from pgf.train import preflight
@@ -42,7 +43,8 @@ def test_full_grids_are_the_issue_grids_and_every_cell_passes_preflight(name):
   assert len(sparse) == len(methods) * len(patterns) * len(seeds)
   assert len({c.name for c in grid.cells}) == len(grid.cells)
   pretrain = [c for c in grid.cells if c.method == "pretrain"]
-  assert len(pretrain) == (len(seeds) if name.startswith("t5_") else 0)
+  assert len(pretrain) == (len(seeds) if name.startswith("t5_") or name.endswith("_finetune")
+                           else 0)
   if name in ("t5_shakespeare_qkv", "t5_shakespeare_noise"):
     # They fine-tune from the FF grid's pre-trainings (the same cells, in its workdir).
     ff = {c.name: c for c in sweep.t5_shakespeare(("dense",), ("1:4",), seeds, 0).cells}
@@ -58,6 +60,9 @@ def test_full_grids_are_the_issue_grids_and_every_cell_passes_preflight(name):
         assert [r[1] for r in config.sparsity.rules] == ["1:8", cell.pattern]
         assert config.sparsity.rules[1][0] == t5_family.T5_QKV
         assert config.init_from == os.path.join(sweep.T5_SHARED_RUNS, f"pretrain_s{cell.seed}")
+      elif name == "lm_shakespeare_qkv":
+        assert [r[1] for r in config.sparsity.rules] == ["1:8", cell.pattern]
+        assert config.sparsity.rules[1][0] == gpt_family.LM_QKV
       else:
         assert [r[1] for r in config.sparsity.rules] == [cell.pattern]
     # Model-dependent checks (rule fit, SDGF stages) need the params; preflight has them.
@@ -67,6 +72,16 @@ def test_full_grids_are_the_issue_grids_and_every_cell_passes_preflight(name):
     sizes = [dict(cell_config(c).model) for c in (pretrain[0], sparse[0])]
     for field in ("emb_dim", "mlp_dim", "num_heads", "head_dim", "num_encoder_layers"):
       assert sizes[0][field] == sizes[1][field]
+  if name.startswith("lm_"):  # the decoder LM on Shakespeare bytes, from scratch or fine-tuned
+    config = cell_config(sparse[0])
+    assert config.model.name == "gpt" and config.data.name == "shakespeare"
+    assert set(methods) == {"dense", "sr_ste", "mdgf_exp", "mdgf_linear", "sdgf_stepwise",
+                            "sdgf_geometric"}
+    if name.endswith("_finetune"):
+      assert all(c.after == f"pretrain_s{c.seed}" for c in sparse)
+      assert cell_config(sparse[0]).init_from.endswith("/runs/pretrain_s0")
+      sizes = [dict(cell_config(c).model) for c in (pretrain[0], sparse[0])]
+      assert sizes[0] == sizes[1] and cell_config(pretrain[0]).sparsity.rules == ()
   if name == "vit_digits_noise":  # the paper's tiny ViT, AdamW, batch 64, 20x the grid's steps
     config = cell_config(sparse[0])
     assert (config.model.width, config.model.depth, config.model.num_heads) == (192, 3, 3)

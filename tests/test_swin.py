@@ -276,7 +276,7 @@ def test_qk_mask_values_decay_with_the_step():
   def forward_and_update(step):
     state = tx.init(params)._replace(count=step)
     update, _ = tx.update(ones, state, params)
-    return flat(pgf.sparsify(params, recipe, step))[qk], flat(update)[qk]
+    return flat(pgf.sparsify(params, recipe, state))[qk], flat(update)[qk]
 
   ratios, grads = [], []
   for step in (recipe.dense_steps, recipe.dense_steps + 50, recipe.dense_steps + 200,

@@ -1,5 +1,6 @@
 """ViT end to end through `train_and_evaluate`: mock ImageNet, the digits demo, every config file."""
 
+import dataclasses
 import glob
 import importlib.util
 import json
@@ -180,7 +181,12 @@ def test_deployed_metrics_use_the_stored_masks(tmp_path):
 
   stored = pgf.finalize(state["params"], recipe, masks=masks)
   assert summary["deployed_accuracy"] == pytest.approx(accuracy(stored), abs=1e-6)
-  recomputed = pgf.finalize(state["params"], recipe)
+  with pytest.raises(ValueError, match="mask_update_every=5"):  # the omission is an error now
+    pgf.finalize(state["params"], recipe)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.all(np.asarray(a) == np.asarray(b))),
+                                   pgf.finalize(state["params"], recipe, state["opt_state"]),
+                                   stored))
+  recomputed = pgf.finalize(state["params"], dataclasses.replace(recipe, mask_update_every=1))
   differ = [np.any(np.asarray(a) != np.asarray(b)) for a, b in
             zip(jax.tree.leaves(stored), jax.tree.leaves(recomputed))]
   assert any(differ)  # the test would catch a trainer that recomputes the masks

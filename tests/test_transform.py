@@ -30,12 +30,12 @@ def params():
 def forward_and_gradient(recipe, step):
   """(W~, the gradient gradient_flow passes on) at a step."""
   p = params()
-  w_eff = pgf.sparsify(p, recipe, step)
-  grads = jax.grad(lambda q: jnp.sum(jnp.asarray(C) * pgf.sparsify(q, recipe, step)["layer"]
+  tx = pgf.gradient_flow(recipe)
+  state = pgf.at_step(tx.init(p), step)  # the forward reads its step from the state
+  w_eff = pgf.sparsify(p, recipe, state)
+  grads = jax.grad(lambda q: jnp.sum(jnp.asarray(C) * pgf.sparsify(q, recipe, state)["layer"]
                                      ["kernel"]) + jnp.sum(q["layer"]["bias"]))(p)
   np.testing.assert_array_equal(grads["layer"]["kernel"], C)  # straight-through
-  tx = pgf.gradient_flow(recipe)
-  state = tx.init(p)._replace(count=jnp.int32(step))
   shaped, new_state = tx.update(grads, state, p)
   assert int(new_state.count) == step + 1
   np.testing.assert_array_equal(shaped["layer"]["bias"], [1.0])  # unmatched: untouched
@@ -119,7 +119,8 @@ def test_combined_mdgf_sdgf_decays_positions_pruned_at_current_stage():
   recipe = Recipe("mdgf_linear+sdgf_stepwise", rules=((r"w", "1:4"),), decay_coefficient=0.25,
                   **PHASES)
   # step 4: stage 2:4 keeps 0.4, 0.3; D = 0.5.
-  out = pgf.sparsify({"w": w}, recipe, 4)["w"][:, 0]
+  out = pgf.sparsify({"w": w}, recipe, pgf.at_step(pgf.gradient_flow(recipe).init({"w": w}),
+                                                   4))["w"][:, 0]
   np.testing.assert_allclose(out, [0.4, -0.05, 0.3, 0.1], rtol=1e-6)
   shaped, _ = pgf.gradient_flow(recipe).update({"w": jnp.ones((4, 1))},
                                                pgf.GradientFlowState(jnp.int32(4)), {"w": w})
@@ -157,13 +158,12 @@ def test_geometric_divisibility_error_suggests_lower_k():
 
 
 def _train_step(recipe, tx):
-  def loss_fn(p, step, x, y):
-    w = pgf.sparsify(p, recipe, step)
+  def loss_fn(p, opt_state, x, y):
+    w = pgf.sparsify(p, recipe, opt_state)
     return jnp.mean((x @ w["ff"]["kernel"] + w["ff"]["bias"] - y) ** 2)
 
   def step_fn(p, opt_state, x, y):
-    step = pgf.step_from_state(opt_state)
-    grads = jax.grad(loss_fn)(p, step, x, y)
+    grads = jax.grad(loss_fn)(p, opt_state, x, y)
     updates, opt_state = tx.update(grads, opt_state, p)
     return optax.apply_updates(p, updates), opt_state
 
@@ -196,14 +196,14 @@ def test_mask_update_every_holds_masks_between_refreshes():
   w0 = jnp.array([[1.0], [0.5]])
   state = tx.init({"w": w0})
   assert isinstance(state, pgf.GradientFlowMaskState)
-  with pytest.raises(ValueError, match="masks=pgf.masks_from_state"):
+  with pytest.raises(TypeError, match=r"Pass the optimizer state.*sparsify\(params, recipe, opt_state"):
     pgf.sparsify({"w": w0}, recipe, 0)
   swapped = jnp.array([[0.5], [1.0]])  # the order flips after step 0
   seen = []
   for step in range(5):
     w = w0 if step == 0 else swapped
-    masks = pgf.masks_from_state(state)
-    seen.append(np.asarray(pgf.sparsify({"w": w}, recipe, step, masks=masks)["w"][:, 0]))
+    assert int(pgf.step_from_state(state)) == step
+    seen.append(np.asarray(pgf.sparsify({"w": w}, recipe, state)["w"][:, 0]))
     _, state = tx.update({"w": jnp.zeros((2, 1))}, state, {"w": w})
   # Steps 1-2 keep the step-0 mask (keep row 0); step 3 refreshes (keep row 1).
   np.testing.assert_array_equal(np.stack(seen), [[1.0, 0], [0.5, 0], [0.5, 0], [0, 1.0],
@@ -221,4 +221,5 @@ def test_state_checkpoints_with_orbax(tmp_path):
       manager.wait_until_finished()
       restored = manager.restore(1, args=ocp.args.StandardRestore(state))
     chex.assert_trees_all_equal(restored, state)
-    assert int(pgf.step_from_state(restored)) == 1
+    assert int(pgf.step_from_state(restored, recipe)) == 1
+    assert type(restored[0]).recipe == recipe  # the recipe fingerprint comes back with the target

@@ -157,14 +157,23 @@ def nm_matmul(x, c: CompressedNM) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- whole models
-def compress_params(params, recipe: Recipe, masks=None) -> dict[str, CompressedNM]:
+def compress_params(params, recipe: Recipe, opt_state=None, *, masks=None,
+                    fn: str = "analysis.export.compress_params") -> dict[str, CompressedNM]:
   """{path: CompressedNM} for every leaf a rule matches, at the rule's target N:M.
 
-  The kept positions are those `pgf.finalize(params, recipe, masks)` keeps: pass the stored
-  masks (`pgf.masks_from_state(opt_state)`) of a run with `mask_update_every > 1`.
+  The kept positions are those `pgf.finalize(params, recipe, opt_state)` keeps: pass the
+  optimizer state (or its stored masks dict) of a run; required with `mask_update_every > 1`.
   """
+  source = masks if opt_state is None else opt_state
+  if source is None and recipe.mask_update_every > 1:
+    raise ValueError(
+        f"pgf.{fn}: recipe.mask_update_every={recipe.mask_update_every} trains with masks kept "
+        "in the optimizer state; masks recomputed from |W| would deploy a model that was never "
+        f"trained: pass it, pgf.{fn}(params, recipe, opt_state), or the stored masks "
+        "(masks=pgf.masks_from_state(opt_state), or pgf.analysis.runs.stored_masks(state, "
+        "recipe) of a restored run)")
   matched = check_params(params, recipe)
-  phis = target_masks(params, recipe, masks)
+  phis = target_masks(params, recipe, source)
   out = {}
   for key_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     path = leaf_path(key_path)

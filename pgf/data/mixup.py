@@ -5,13 +5,22 @@ These run inside the jitted train step, on the global batch, so the host ships u
 JAX key, so a batch's mixing is a pure function of (seed, step) like everything else.
 
 Mixup (Zhang et al., 2018) and CutMix (Yun et al., 2019) in "batch" mode: one mixing coefficient
-λ per batch, each example mixed with the example at the mirrored batch position (the batch
-reversed), targets mixed with the same λ. With both enabled, CutMix is chosen with probability
-`switch_prob`; the whole operation happens with probability `prob`.
+λ per batch, each example mixed with a partner from the same batch, targets mixed with the same
+λ. With both enabled, CutMix is chosen with probability `switch_prob`; the whole operation
+happens with probability `prob`.
+
+Partners never cross a device. The batch is split into `shards` contiguous blocks (the trainer
+uses the number of devices the batch is sharded over: `partner_shards`) and each block is
+reversed, so example i of a block is mixed with the block's mirrored example. The batch is a
+shuffled sample, so a partner from the same block is as random as one from anywhere in the
+batch (the same distribution of pairs); the compiled step moves no image between devices, where
+reversing the whole sharded batch compiled to collective-permutes of every image each step.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 
 import jax
@@ -74,13 +83,42 @@ def _cutmix_box(key: jax.Array, lam: jax.Array, height: int, width: int):
   return inside, kept
 
 
-def mix_batch(key: jax.Array, images: jax.Array, targets: jax.Array, spec: MixSpec
-              ) -> tuple[jax.Array, jax.Array, jax.Array]:
+_SHARDS = contextvars.ContextVar("pgf_mixup_shards", default=1)
+
+
+@contextlib.contextmanager
+def partner_shards(shards: int):
+  """Within the block, `mix_batch` calls without `shards` pick partners within `shards`
+  contiguous blocks of the batch (the trainer: the number of devices its batch is split over)."""
+  if not isinstance(shards, int) or shards < 1:
+    raise ValueError(f"partner_shards: shards={shards!r} must be a positive int")
+  token = _SHARDS.set(shards)
+  try:
+    yield
+  finally:
+    _SHARDS.reset(token)
+
+
+def partners(x: jax.Array, shards: int) -> jax.Array:
+  """x's rows reordered so row i holds its mixing partner: each of `shards` contiguous blocks
+  of the leading axis reversed (the whole axis when it does not split evenly)."""
+  b = x.shape[0]
+  if shards <= 1 or b % shards:
+    return x[::-1]
+  blocks = x.reshape((shards, b // shards) + x.shape[1:])
+  return blocks[:, ::-1].reshape(x.shape)
+
+
+def mix_batch(key: jax.Array, images: jax.Array, targets: jax.Array, spec: MixSpec,
+              shards: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Mixup / CutMix of a float image batch (B, H, W, C) and its soft targets (B, K).
 
+  `shards`: partners come from the same one of this many contiguous blocks (module docstring);
+  None: the `partner_shards` context's (1 outside one: the whole batch reversed).
   Returns (images, targets, lam). With mixing disabled (or not drawn, probability 1 - prob)
   the inputs come back unchanged and lam = 1. Targets still sum to 1 per example.
   """
+  shards = _SHARDS.get() if shards is None else shards
   if not spec.enabled:
     return images, targets, jnp.float32(1.0)
   k_apply, k_switch, k_mix, k_cut, k_box = jax.random.split(key, 5)
@@ -92,7 +130,7 @@ def mix_batch(key: jax.Array, images: jax.Array, targets: jax.Array, spec: MixSp
              if spec.mixup_alpha > 0 else jnp.float32(1.0))
   lam_cut = (jax.random.beta(k_cut, spec.cutmix_alpha, spec.cutmix_alpha)
              if spec.cutmix_alpha > 0 else jnp.float32(1.0))
-  flipped = images[::-1]
+  flipped = partners(images, shards)
   box, kept = _cutmix_box(k_box, lam_cut, images.shape[1], images.shape[2])
   cut_images = jnp.where(box[None, :, :, None], flipped, images)
   lam_mix = lam_mix.astype(images.dtype)
@@ -101,5 +139,5 @@ def mix_batch(key: jax.Array, images: jax.Array, targets: jax.Array, spec: MixSp
   lam = jnp.where(apply, lam, 1.0)
   out = jnp.where(use_cutmix, cut_images, mixed_images)
   out = jnp.where(apply, out, images)
-  mixed_targets = lam * targets + (1.0 - lam) * targets[::-1]
+  mixed_targets = lam * targets + (1.0 - lam) * partners(targets, shards)
   return out, mixed_targets, lam

@@ -4,7 +4,7 @@
     with pgf.deploy.intercept():                           # Dense layers use nm_dot on them
       logits = model.apply({"params": params}, x, train=False)
 
-Writing: `compress_params(params, recipe, masks)` -> a params tree with NMKernel leaves,
+Writing: `compress_params(params, recipe, opt_state)` -> a params tree with NMKernel leaves,
 `save(path, tree)`; a training run: `python -m pgf.deploy --workdir=RUN --out=model.safetensors`.
 Sizes: `python -m pgf.deploy --config=configs/vit_1_16.py --report`.
 """
@@ -12,10 +12,11 @@ Sizes: `python -m pgf.deploy --config=configs/vit_1_16.py --report`.
 from pgf.deploy.format import (FORMAT, NMKernel, densify, from_compressed, from_dense,
                                index_bits, is_compressed, load, pack_indices, read_header, save,
                                to_compressed, unpack_indices, verify)
-from pgf.deploy.nm_dot import IMPLS, intercept, nm_dot, resolve_impl, use_impl
+from pgf.deploy.nm_dot import IMPLS, intercept, nm_dot, resolve_impl, use_backend, use_impl
 from pgf.deploy.model import compress_params, export_checkpoint, kernel_bytes, size_report
 
 __all__ = ["FORMAT", "NMKernel", "densify", "from_compressed", "from_dense", "index_bits",
            "is_compressed", "load", "pack_indices", "read_header", "save", "to_compressed",
            "unpack_indices", "verify", "IMPLS", "intercept", "nm_dot", "resolve_impl",
-           "use_impl", "compress_params", "export_checkpoint", "kernel_bytes", "size_report"]
+           "use_backend", "use_impl", "compress_params", "export_checkpoint", "kernel_bytes",
+           "size_report"]

@@ -4,7 +4,7 @@
   python -m pgf.deploy --config=configs/vit_1_16.py --report [--dtype=float32]
   # A training run's newest checkpoint as a deployable .safetensors file (its trained masks):
   python -m pgf.deploy --workdir=RUN --out=model.safetensors [--dtype=bfloat16] [--step=N]
-  # Check a file: every compressed kernel exactly N:M, sizes
+  # Check a file: every tensor against its sha256 digest, every compressed kernel exactly N:M
   python -m pgf.deploy --verify=model.safetensors
 """
 
@@ -49,11 +49,16 @@ def _export():
 def _verify():
   import jax  # pylint: disable=g-import-not-at-top
   from pgf import deploy  # pylint: disable=g-import-not-at-top
-  params = deploy.load(FLAGS.verify, as_jax=False)  # load() verifies every kernel
+  header = deploy.read_header(FLAGS.verify)
+  params = deploy.load(FLAGS.verify, as_jax=False)  # checks every digest and kernel
   leaves = jax.tree.leaves(params, is_leaf=deploy.is_compressed)
   kernels = [k for k in leaves if deploy.is_compressed(k)]
+  digests = header.get("sha256")
+  integrity = (f"{len(digests)} tensors match their sha256 digests" if digests is not None else
+               f"no digests in this {header['format']} file: tensor bytes not checked (export "
+               "it again to add them)")
   print(f"{FLAGS.verify}: {len(kernels)} N:M kernels verified, {len(leaves) - len(kernels)} "
-        "dense leaves")
+        f"dense leaves; {integrity}")
 
 
 def main(argv):

@@ -13,13 +13,25 @@ sum_t idx[t * R8 + c] << (t * B), stored as its B bytes packed[..., 0:B, c]. Eve
 is then elementwise over c (static shifts of whole byte planes, no gathers), which is what keeps
 the Pallas kernel and the jnp path simple, and a (.., 8, R8) result reshapes to (.., R) for free.
 
-On disk (safetensors): "<path>/values" and "<path>/indices" per kernel, every other parameter
-under its own "/"-joined path, and the metadata entry "pgf" holding a JSON header
-{"format": "pgf-nm-v1", "kernels": {path: {"n", "m", "axis", "shape", "bits"}}}.
+On disk (safetensors): "<name>/values" and "<name>/indices" per kernel, every other parameter
+under its own name, and the metadata entry "pgf" holding a JSON header
+
+    {"format": "pgf-nm-v2",
+     "kernels": {name: {"n", "m", "axis", "shape", "bits"}},
+     "tree":    the params' containers: {"dict": {key: node}}, {"list": [node, ...]},
+                {"tuple": [...]}, {"leaf": name} (so lists, tuples and keys containing "/"
+                come back exactly),
+     "sha256":  {tensor name: hex digest of its dtype, shape and bytes}}
+
+A name is the "/"-joined path with "%" and "/" inside a key escaped as %25 and %2F. `load`
+and `python -m pgf.deploy --verify` check every digest, so a flipped byte in any tensor is an
+error, not a silently different model. Files of the first version ("pgf-nm-v1": no tree, no
+digests) still load, with their tree rebuilt from the names as before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -36,7 +48,8 @@ __all__ = ["NMKernel", "index_bits", "pack_indices", "unpack_indices", "from_den
            "from_compressed", "to_compressed", "verify", "save", "load", "densify",
            "is_compressed", "FORMAT"]
 
-FORMAT = "pgf-nm-v1"
+FORMAT = "pgf-nm-v2"
+READABLE_FORMATS = ("pgf-nm-v1", FORMAT)
 META_KEY = "pgf"
 MAX_M = 256  # ceil(log2 M) <= 8 bits: 8 indices pack into one 64-bit word
 
@@ -240,12 +253,60 @@ def _verify_packed(k: NMKernel, n, m, axis) -> None:
 
 
 # ----------------------------------------------------------------------------- files
-def _flat(params) -> dict[str, Any]:
-  return {export.leaf_path(kp): leaf for kp, leaf in
-          jax.tree_util.tree_flatten_with_path(params, is_leaf=is_compressed)[0]}
+def _escape(key) -> str:
+  return str(key).replace("%", "%25").replace("/", "%2F")
+
+
+def _tree_spec(params, leaves: dict[str, Any], prefix: tuple[str, ...] = ()):
+  """The container structure of `params` as JSON, filling `leaves` {name: leaf}."""
+  where = "/".join(prefix) or "(root)"
+  if isinstance(params, Mapping) and not is_compressed(params):
+    for key in params:
+      if not isinstance(key, (str, int)) or isinstance(key, bool):
+        raise TypeError(f"save: dict key {key!r} at {where} must be a str or an int")
+    if len({type(k) for k in params}) > 1:
+      raise TypeError(f"save: the dict at {where} mixes str and int keys")
+    spec = {"dict": {str(k): _tree_spec(v, leaves, prefix + (_escape(k),))
+                     for k, v in params.items()}}
+    if params and all(isinstance(k, int) for k in params):
+      spec["int_keys"] = True
+    return spec
+  if type(params) in (list, tuple):
+    kind = type(params).__name__
+    return {kind: [_tree_spec(v, leaves, prefix + (str(i),)) for i, v in enumerate(params)]}
+  if not (is_compressed(params) or hasattr(params, "shape")
+          or isinstance(params, (int, float, np.generic))) or not prefix:
+    raise TypeError(f"save: the leaf at {where} is a {type(params).__name__}; a params tree is "
+                    "dicts, lists and tuples of arrays and NMKernels")
+  name = "/".join(prefix)
+  if name in leaves:
+    raise ValueError(f"save: two parameters get the name {name!r}")
+  leaves[name] = params
+  return {"leaf": name}
+
+
+def _build(spec, flat: Mapping[str, Any], where: str = "tree"):
+  if not isinstance(spec, dict) or len(set(spec) - {"int_keys"}) != 1:
+    raise ValueError(f"corrupt pgf header: {where} must be one of {{'dict'|'list'|'tuple'|"
+                     f"'leaf': ...}}, got {str(spec)[:80]}")
+  if "leaf" in spec:
+    if spec["leaf"] not in flat:
+      raise ValueError(f"corrupt file: the header names tensor {spec['leaf']!r}, which the "
+                       "file does not hold")
+    return flat[spec["leaf"]]
+  if "dict" in spec:
+    int_keys = spec.get("int_keys", False)
+    return {(int(k) if int_keys else k): _build(v, flat, f"{where}/{k}")
+            for k, v in spec["dict"].items()}
+  kind = "list" if "list" in spec else "tuple" if "tuple" in spec else None
+  if kind is None or not isinstance(spec[kind], list):
+    raise ValueError(f"corrupt pgf header: {where} has an unknown node {sorted(spec)}")
+  items = [_build(v, flat, f"{where}/{i}") for i, v in enumerate(spec[kind])]
+  return items if kind == "list" else tuple(items)
 
 
 def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+  """A pgf-nm-v1 file's tree: nested dicts from the "/"-joined names."""
   out: dict[str, Any] = {}
   for path, leaf in flat.items():
     node = out
@@ -256,20 +317,33 @@ def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
   return out
 
 
+def _digest(array: np.ndarray) -> str:
+  h = hashlib.sha256()
+  h.update(f"{array.dtype.str}{list(array.shape)}".encode())
+  h.update(np.ascontiguousarray(array).tobytes())
+  return h.hexdigest()
+
+
 def save(path: str, params) -> dict[str, Any]:
-  """Writes a params tree (NMKernel leaves and dense arrays) to a .safetensors file.
+  """Writes a params tree (NMKernel leaves and dense arrays, in dicts, lists and tuples) to a
+  .safetensors file that `load` returns exactly: same containers, keys, shapes (scalars too)
+  and dtypes, every tensor guarded by a sha256 digest in the header.
 
   Returns the JSON header written into the file's metadata.
   """
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  leaves: dict[str, Any] = {}
+  tree = _tree_spec(params, leaves)
   tensors, kernels = {}, {}
 
   def put(name, array):
     if name in tensors:
       raise ValueError(f"save: parameter path {name!r} collides with a compressed kernel's entry")
-    tensors[name] = np.ascontiguousarray(array)
+    array = np.asarray(array)
+    # np.ascontiguousarray would turn a 0-d scalar into shape (1,).
+    tensors[name] = array if array.flags.c_contiguous else np.array(array, order="C")
 
-  for name, leaf in _flat(params).items():
+  for name, leaf in leaves.items():
     if isinstance(leaf, NMKernel):
       verify(leaf)
       put(f"{name}/values", np.asarray(leaf.values))
@@ -278,21 +352,56 @@ def save(path: str, params) -> dict[str, Any]:
                        "shape": list(leaf.shape), "bits": leaf.bits}
     else:
       put(name, np.asarray(leaf))
-  header = {"format": FORMAT, "kernels": kernels}
+  header = {"format": FORMAT, "kernels": kernels, "tree": tree,
+            "sha256": {name: _digest(a) for name, a in tensors.items()}}
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   save_file(tensors, path, metadata={META_KEY: json.dumps(header)})
   return header
 
 
-def read_header(path: str) -> dict[str, Any]:
+def _open(path: str):
   from safetensors import safe_open  # pylint: disable=g-import-not-at-top
-  with safe_open(path, framework="numpy") as f:
+  if not os.path.isfile(path):
+    raise ValueError(f"{path!r}: no such file")
+  try:
+    return safe_open(path, framework="numpy")
+  except Exception as e:  # SafetensorError, OSError: truncated, not safetensors, ...
+    raise ValueError(f"{path!r} is not a readable .safetensors file ({type(e).__name__}: {e}); "
+                     "pgf.deploy.load reads files written by pgf.deploy.save (python -m "
+                     "pgf.deploy --workdir=RUN --out=FILE), copied completely") from None
+
+
+_KERNEL_FIELDS = {"n": int, "m": int, "axis": list, "shape": list}
+
+
+def read_header(path: str) -> dict[str, Any]:
+  """The JSON header of a file written by `save` (validated; ValueError names the problem)."""
+  with _open(path) as f:
     meta = f.metadata() or {}
   if META_KEY not in meta:
     raise ValueError(f"{path!r} has no {META_KEY!r} metadata: not written by pgf.deploy.save")
-  header = json.loads(meta[META_KEY])
-  if header.get("format") != FORMAT:
-    raise ValueError(f"{path!r}: format {header.get('format')!r}, this pgf reads {FORMAT!r}")
+  try:
+    header = json.loads(meta[META_KEY])
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path!r}: corrupt pgf header (not JSON: {e})") from None
+  if not isinstance(header, dict):
+    raise ValueError(f"{path!r}: corrupt pgf header (a {type(header).__name__}, not an object)")
+  if header.get("format") not in READABLE_FORMATS:
+    raise ValueError(f"{path!r}: format {header.get('format')!r}, this pgf reads "
+                     f"{', '.join(READABLE_FORMATS)}")
+  kernels = header.get("kernels")
+  if not isinstance(kernels, dict):
+    raise ValueError(f"{path!r}: corrupt pgf header ('kernels' must be an object)")
+  for name, info in kernels.items():
+    bad = [k for k, t in _KERNEL_FIELDS.items()
+           if not isinstance(info, dict) or not isinstance(info.get(k), t)]
+    if bad:
+      raise ValueError(f"{path!r}: corrupt pgf header: kernel {name!r} needs {bad} "
+                       f"({', '.join(f'{k}: {t.__name__}' for k, t in _KERNEL_FIELDS.items())})")
+  if header["format"] != "pgf-nm-v1":
+    if not isinstance(header.get("sha256"), dict) or "tree" not in header:
+      raise ValueError(f"{path!r}: corrupt pgf header ({header['format']} needs 'tree' and "
+                       "'sha256')")
   return header
 
 
@@ -302,24 +411,53 @@ def load(path: str, *, as_jax: bool = True, check: bool = True) -> dict[str, Any
   Args:
     path: the .safetensors file.
     as_jax: put the arrays on the default device (else NumPy arrays).
-    check: `verify` each compressed kernel (cheap next to reading it).
+    check: compare every tensor with its sha256 digest from the header and `verify` each
+      compressed kernel (cheap next to reading them). A mismatch is a ValueError naming the
+      tensor. Files of format pgf-nm-v1 carry no digests: only `verify` runs.
   """
-  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
-  kernels = read_header(path)["kernels"]
+  header = read_header(path)
+  kernels, digests = header["kernels"], header.get("sha256")
   to = jnp.asarray if as_jax else (lambda a: a)
-  flat: dict[str, Any] = {}
-  with safe_open(path, framework="numpy") as f:
+  arrays: dict[str, np.ndarray] = {}
+  with _open(path) as f:
     names = set(f.keys())
-    for name, info in kernels.items():
-      k = NMKernel(to(f.get_tensor(f"{name}/values")), to(f.get_tensor(f"{name}/indices")),
-                   info["n"], info["m"], info["axis"], info["shape"])
-      if check:
-        verify(k)
-      flat[name] = k
-      names -= {f"{name}/values", f"{name}/indices"}
+    wanted = set(digests) if digests is not None else names
+    missing = sorted(wanted - names) + sorted(
+        f"{k}/{part}" for k in kernels for part in ("values", "indices")
+        if f"{k}/{part}" not in names)
+    if missing:
+      raise ValueError(f"{path!r}: corrupt file: tensors {missing[:3]} listed in the header are "
+                       "missing")
+    extra = sorted(names - wanted)
+    if extra:
+      raise ValueError(f"{path!r}: corrupt file: tensors {extra[:3]} are not in the header")
     for name in sorted(names):
-      flat[name] = to(f.get_tensor(name))
-  return _nest(flat)
+      try:
+        arrays[name] = f.get_tensor(name)
+      except Exception as e:  # a truncated data section
+        raise ValueError(f"{path!r}: cannot read tensor {name!r} ({type(e).__name__}: {e})"
+                         ) from None
+  if check and digests is not None:
+    for name, array in arrays.items():
+      if _digest(array) != digests[name]:
+        raise ValueError(f"{path!r}: tensor {name!r} does not match its sha256 digest: the "
+                         "file was changed or damaged after pgf.deploy.save wrote it; export "
+                         "it again")
+  flat: dict[str, Any] = {}
+  for name, info in kernels.items():
+    k = NMKernel(to(arrays.pop(f"{name}/values")), to(arrays.pop(f"{name}/indices")),
+                 info["n"], info["m"], info["axis"], info["shape"])
+    if check:
+      try:
+        verify(k)
+      except ValueError as e:
+        raise ValueError(f"{path!r}: kernel {name!r}: {e}") from None
+    flat[name] = k
+  for name, array in arrays.items():
+    flat[name] = to(array)
+  if header["format"] == "pgf-nm-v1":
+    return _nest(flat)
+  return _build(header["tree"], flat)
 
 
 def densify(params):

@@ -25,15 +25,18 @@ def _cast(leaf, dtype):
       else leaf
 
 
-def compress_params(params, recipe: Recipe, masks=None, dtype=None):
+def compress_params(params, recipe: Recipe, opt_state=None, dtype=None, *, masks=None):
   """params with every leaf a rule matches replaced by its `NMKernel` at the rule's target N:M.
 
-  The kept positions are those `pgf.finalize(params, recipe, masks)` keeps (pass the stored
-  masks of a run with `mask_update_every > 1`). `dtype` (e.g. "bfloat16") casts the kept values
-  and every other floating-point leaf; None keeps the params' dtypes.
+  The kept positions are those `pgf.finalize(params, recipe, opt_state)` keeps: pass the
+  optimizer state of the run (checked as in `pgf.sparsify`), or its stored masks dict (as the
+  third argument, or `masks=`); one of them is required with `mask_update_every > 1`. `dtype`
+  (e.g. "bfloat16") casts the kept values and every other floating-point leaf; None keeps the
+  params' dtypes.
   """
   dtype = None if dtype is None else jax.numpy.dtype(dtype)  # knows "bfloat16"
-  compressed = export.compress_params(params, recipe, masks)
+  compressed = export.compress_params(params, recipe, opt_state, masks=masks,
+                                      fn="deploy.compress_params")
 
   def convert(key_path, leaf):
     path = leaf_path(key_path)

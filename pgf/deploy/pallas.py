@@ -6,10 +6,19 @@ bytes) and rebuilds each dense tile on chip (compare the unpacked indices with a
 the values) before a dense dot with the activations: the FLOPs are dense, the bytes are not.
 
 Grid: one program per block of C packed columns (8 * C output columns, see the layout in
-`pgf.deploy.format`); each loops over the K // M groups in blocks of `block_g`. Written for the
-Triton (GPU) lowering; the same body uses only iota/compare/select/dot, which Mosaic (TPU) also
-lowers, but neither has been run on a device in this repository: the tests run it in interpret
-mode on CPU (`interpret=True`), which checks the indexing and arithmetic, not the speed.
+`pgf.deploy.format`); each loops over the K // M groups in blocks of `block_g`. One body, two
+lowerings, with tiles chosen per target backend (`tiles`):
+
+  * GPU (Triton): power-of-two blocks, C <= 32 packed columns, rows padded to >= 16.
+  * TPU (Mosaic): the last two dims of every block must be divisible by (8, 128) or span the
+    whole array, so C = 128 packed columns (1024 output columns) or all of them, and
+    block_g * M must be a multiple of 128 (the lane-dim slice of the activations must be
+    provably aligned) or cover all of K; the blocks must also fit the scoped VMEM.
+
+Neither lowering has run on a device in this repository. The tests check the numerics in
+interpret mode on CPU (`interpret=True`) and compile the TPU lowering without a TPU (libtpu,
+compile-only v4/v5e/v6e devices): Mosaic accepts the tiles, and the compiler's cost model counts
+the bytes (`experiments/aot_nm_dot.py`); the speed is not measured.
 """
 
 from __future__ import annotations
@@ -20,11 +29,15 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from pgf.deploy.format import unpack_strips
+from pgf.deploy.format import index_bits, unpack_strips
 
-__all__ = ["nm_matmul", "supported"]
+__all__ = ["nm_matmul", "supported", "tiles", "BACKENDS"]
 
-MIN_ROWS = 16  # Triton's dot needs every operand dimension >= 16: small batches are padded
+MIN_ROWS = 16  # Triton's dot needs every operand dimension >= 16; bf16 TPU tiles are (16, 128)
+MAX_ROWS = 1024
+BACKENDS = ("gpu", "tpu", "interpret")
+TPU_LANES = 128
+TPU_VMEM_BUDGET = 12 * 2**20  # double-buffered blocks + the f32 tile; v4/v5e/v6e scope >= 16 MiB
 
 
 def _pow2(x: int) -> bool:
@@ -38,10 +51,71 @@ def _largest_pow2_divisor(x: int, cap: int) -> int:
   return d
 
 
-def supported(rows: int, n: int, m: int, groups: int, chunks: int) -> bool:
-  """Shapes the GPU lowering accepts: power-of-two M and tile sizes (Triton block shapes)."""
-  del n  # the kept slots are looped over statically
-  return rows <= 1024 and _pow2(m) and _largest_pow2_divisor(chunks, 32) >= 8 and groups >= 1
+def _backend(backend: str | None) -> str:
+  """"gpu" / "tpu" / "interpret" for a JAX platform name (None: the default backend)."""
+  backend = backend or jax.default_backend()
+  if backend in ("gpu", "cuda", "rocm"):
+    return "gpu"
+  if backend == "tpu":
+    return "tpu"
+  if backend in ("cpu", "interpret"):
+    return "interpret"
+  raise ValueError(f"pallas backend={backend!r}: expected one of gpu, cuda, rocm, tpu, cpu, "
+                   "interpret")
+
+
+def _padded_rows(rows: int, backend: str) -> int:
+  if backend == "tpu":  # sublane tiles: 8 (f32) / 16 (bf16) rows; no power of two needed
+    return max(MIN_ROWS, -(-rows // MIN_ROWS) * MIN_ROWS)
+  return max(MIN_ROWS, 1 << (rows - 1).bit_length())  # Triton blocks: powers of two
+
+
+def tiles(rows: int, n: int, m: int, groups: int, chunks: int, backend: str | None = None,
+          itemsize: int = 2):
+  """(block_c, block_g, padded_rows) the kernel uses on `backend`, or None where it cannot.
+
+  `chunks` is R8 = ceil(R / 8) (packed columns), `groups` G = K // M, `itemsize` the bytes per
+  activation / value element (the VMEM estimate on TPU).
+  """
+  backend = _backend(backend)
+  if rows < 1 or rows > MAX_ROWS or groups < 1 or chunks < 1 or n < 1 or m < 1:
+    return None
+  padded = _padded_rows(rows, backend)
+  if backend == "tpu":
+    block_c = TPU_LANES if chunks % TPU_LANES == 0 else chunks
+    if block_c > 4 * TPU_LANES:  # a whole, unaligned column count: too wide a block
+      return None
+    block_g = _largest_pow2_divisor(groups, max(16, TPU_LANES // m))
+    if (block_g * m) % TPU_LANES and block_g != groups:
+      if groups * m > 8192:  # no aligned loop step; the whole K in one step would not fit
+        return None
+      block_g = groups
+    k = groups * m
+    bits = index_bits(m)
+    vmem = 2 * (padded * k * itemsize                      # activations (whole K)
+                + groups * n * 8 * block_c * itemsize      # kept values
+                + groups * n * bits * block_c              # packed indices (uint8)
+                + padded * 8 * block_c * itemsize)         # output block
+    vmem += block_g * m * 8 * block_c * 4 + padded * 8 * block_c * 4  # f32 tile + accumulator
+    if vmem > TPU_VMEM_BUDGET:
+      return None
+    return block_c, block_g, padded
+  if backend == "gpu":
+    if not _pow2(m):
+      return None
+    block_c = _largest_pow2_divisor(chunks, 32)
+    if block_c < 8:
+      return None
+    return block_c, _largest_pow2_divisor(groups, 16), padded
+  return _largest_pow2_divisor(chunks, 32), _largest_pow2_divisor(groups, 16), padded
+
+
+def supported(rows: int, n: int, m: int, groups: int, chunks: int, backend: str | None = None,
+              itemsize: int = 2) -> bool:
+  """Whether the kernel lowers for this shape on `backend` (None: `jax.default_backend()`):
+  the Triton constraints on GPU, Mosaic's block layout and VMEM on TPU, anything in the
+  interpreter. See `tiles`."""
+  return tiles(rows, n, m, groups, chunks, backend, itemsize) is not None
 
 
 def _kernel(x_ref, v_ref, p_ref, o_ref, *, m: int, n: int, block_g: int, num_blocks: int):
@@ -63,26 +137,36 @@ def _kernel(x_ref, v_ref, p_ref, o_ref, *, m: int, n: int, block_g: int, num_blo
   o_ref[...] = acc.reshape(rows, 8, c).astype(o_ref.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("m", "r", "block_c", "block_g", "interpret"))
+@functools.partial(jax.jit, static_argnames=("m", "r", "block_c", "block_g", "interpret",
+                                             "backend"))
 def nm_matmul(x, values, packed, *, m: int, r: int, block_c: int | None = None,
-              block_g: int | None = None, interpret: bool = False):
+              block_g: int | None = None, interpret: bool = False, backend: str | None = None):
   """x (rows, K) @ the packed kernel -> (rows, r) in x's dtype (float32 accumulation).
 
   Args:
     x: activations, K = (K // M) * M.
     values: (G, N, R) kept values. packed: (G, N, B, R8) uint8 indices.
     m: group size. r: output columns R.
-    block_c, block_g: tile sizes (packed columns per program, groups per loop step).
+    block_c, block_g: tile sizes (packed columns per program, groups per loop step); default:
+      `tiles(...)` for the backend.
     interpret: run the kernel body in the Pallas interpreter (CPU tests).
+    backend: the backend whose lowering rules pick the tiles: "gpu", "tpu" or None (the default
+      backend; "interpret" when `interpret`). Name it when compiling for a device this process
+      does not have (e.g. a compile-only TPU topology from a CPU host).
   """
   rows, k = x.shape
   g, n, r_values = values.shape
   r8 = packed.shape[-1]
-  block_c = block_c or _largest_pow2_divisor(r8, 32)
-  block_g = block_g or _largest_pow2_divisor(g, 16)
+  target = "interpret" if interpret and backend is None else _backend(backend)
+  chosen = tiles(rows, n, m, g, r8, target, jnp.dtype(x.dtype).itemsize)
+  if chosen is None:
+    raise ValueError(f"pallas.nm_matmul: no {target} tiling for rows={rows}, K={k}, R={r_values}, "
+                     f"{n}:{m} (pallas.supported() is False): use impl='expand'")
+  block_c = block_c or chosen[0]
+  block_g = block_g or chosen[1]
+  padded_rows = chosen[2]
   if r8 % block_c or g % block_g:
     raise ValueError(f"block_c={block_c} must divide {r8} and block_g={block_g} divide {g}")
-  padded_rows = max(MIN_ROWS, 1 << (rows - 1).bit_length())  # Triton blocks: powers of two
   x = jnp.pad(x, ((0, padded_rows - rows), (0, 0)))
   # Values in the packed column order: column t * R8 + c -> [.., t, c] (a free reshape).
   values = jnp.pad(values, ((0, 0), (0, 0), (0, 8 * r8 - r_values))).reshape(g, n, 8, r8)

@@ -35,6 +35,7 @@ FAMILIES = {
     "resnet": "pgf.families.resnet",
     "t5": "pgf.families.t5",
     "wmt": "pgf.families.wmt",
+    "gpt": "pgf.families.gpt",
 }
 
 # Every name a family module must define (checked by `get`, so a missing one fails by name).

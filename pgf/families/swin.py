@@ -77,6 +77,7 @@ def swin_config(ff: str | None = "1:16", qk: str | None = None, qkv: str | None 
       dropout=0.0, attention_dropout=0.0, drop_path=0.1, dtype="bfloat16",
       embed_dim=config_dict.placeholder(int), depths=config_dict.placeholder(tuple),
       num_heads=config_dict.placeholder(tuple)))
+  config_lib.add_memory_fields(config)
   if arg.demo:
     # Embed width 32, or the largest M of the row's rules (stage 0's FF input must hold a group).
     width = max([DEMO_SIZES["embed_dim"]]
@@ -178,7 +179,7 @@ def swin_model(config, num_classes: int):
       num_classes=num_classes, dropout=config.model.dropout,
       attention_dropout=config.model.get("attention_dropout", 0.0),
       drop_path=config.model.drop_path, dtype=jnp.dtype(config.model.get("dtype", "float32")),
-      **model_kwargs(config.model))
+      remat=config.model.get("remat", "none"), **model_kwargs(config.model))
 
 
 model = swin_model

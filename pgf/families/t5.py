@@ -223,7 +223,7 @@ def t5_model(config, vocab_size: int):
   return t5.T5(t5.get_config(
       m.variant, vocab_size, dropout_rate=m.get("dropout_rate", 0.0),
       logits_via_embedding=m.get("logits_via_embedding", False),
-      dtype=jnp.dtype(m.get("dtype", "float32")),
+      dtype=jnp.dtype(m.get("dtype", "float32")), remat=m.get("remat", "none"),
       **sizes))
 
 

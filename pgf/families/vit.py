@@ -135,6 +135,7 @@ def vit_model(config, num_classes: int):
       attention_dropout=config.model.get("attention_dropout", 0.0),
       drop_path=config.model.drop_path,
       dtype=jnp.dtype(config.model.get("dtype", "float32")),
+      remat=config.model.get("remat", "none"),
       **{k: config.model.get(k, v) for k, v in variant.items()})
 
 

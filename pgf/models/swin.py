@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pgf.models.vit import DropPath, param_count  # noqa: F401  (param_count re-exported)
+from pgf.models import remat as remat_lib
 
 VARIANTS = {
     "T": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
@@ -253,6 +254,7 @@ class SwinV2(nn.Module):
     drop_path: stochastic-depth rate of the last block, linearly increasing from 0 over all blocks.
     dtype: computation dtype; parameters stay float32 and logits are float32.
     head_zero_init: zero the classifier so initial logits are 0.
+    remat: rematerialisation of the blocks, "none" | "dots" | "block" (`pgf.models.remat`).
 
   ``__call__(images, train)`` takes (B, H, W, C) square images and returns (B, num_classes).
   """
@@ -269,6 +271,7 @@ class SwinV2(nn.Module):
   drop_path: float = 0.0
   dtype: Any = jnp.float32
   head_zero_init: bool = True
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, images, train: bool):
@@ -288,7 +291,7 @@ class SwinV2(nn.Module):
       x = SwinStage(depth, heads, window, shift, i > 0, self.mlp_ratio, self.dropout,
                     self.attention_dropout,
                     tuple(self.drop_path * (done + j) / max(total - 1, 1) for j in range(depth)),
-                    self.dtype, name=f"stages_{i}")(x, train)
+                    self.dtype, self.remat, name=f"stages_{i}")(x, train)
       done += depth
     x = nn.LayerNorm(dtype=self.dtype, name="norm")(x)
     x = jnp.mean(x, axis=(1, 2))
@@ -321,13 +324,15 @@ class SwinStage(nn.Module):
   attention_dropout: float
   drop_paths: Sequence[float]
   dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, x, train: bool):
     if self.downsample:
       x = PatchMerging(self.dtype, name="downsample")(x)
+    block = remat_lib.wrap(SwinBlock, self.remat, static_argnums=(2,))
     for j in range(self.depth):
-      x = SwinBlock(self.num_heads, self.window, self.shift if j % 2 else 0, self.mlp_ratio,
+      x = block(self.num_heads, self.window, self.shift if j % 2 else 0, self.mlp_ratio,
                     self.dropout, self.attention_dropout, self.drop_paths[j], self.dtype,
                     name=f"blocks_{j}")(x, train)
     return x

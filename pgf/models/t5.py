@@ -45,6 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from pgf.models import remat as remat_lib
+
 Array = jax.Array
 _MASK_VALUE = -1e10  # finite: a fully padded row (eval padding) gives uniform weights, not NaN.
 
@@ -66,6 +68,7 @@ class T5Config:
   relative_attention_max_distance: int = 128
   layer_norm_epsilon: float = 1e-6
   dtype: Any = jnp.float32
+  remat: str = "none"  # "none" | "dots" | "block": rematerialised layers (pgf.models.remat)
 
 
 # Sizes of the published v1.1 checkpoints (t5x gin files); "tiny" is for tests and CPU demos.
@@ -253,8 +256,9 @@ class Encoder(nn.Module):
     relpos = RelativePositionBias(c.num_heads, True, c.relative_attention_num_buckets,
                                   c.relative_attention_max_distance, name="relpos_bias")
     bias = relpos(length, length) + _padding_bias(tokens)
+    layer = remat_lib.wrap(EncoderLayer, c.remat, static_argnums=(3,))
     for i in range(c.num_encoder_layers):
-      x = EncoderLayer(c, name=f"layers_{i}")(x, bias, deterministic)
+      x = layer(c, name=f"layers_{i}")(x, bias, deterministic)
     x = RMSNorm(c.layer_norm_epsilon, c.dtype, name="encoder_norm")(x)
     return nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
 
@@ -274,8 +278,9 @@ class Decoder(nn.Module):
     causal = np.tril(np.ones((length, length), bool))
     self_bias = relpos(length, length) + jnp.where(causal, 0.0, _MASK_VALUE)[None, None]
     cross_bias = _padding_bias(encoder_tokens)
+    layer = remat_lib.wrap(DecoderLayer, c.remat, static_argnums=(5,))
     for i in range(c.num_decoder_layers):
-      y = DecoderLayer(c, name=f"layers_{i}")(y, encoded, self_bias, cross_bias, deterministic)
+      y = layer(c, name=f"layers_{i}")(y, encoded, self_bias, cross_bias, deterministic)
     y = RMSNorm(c.layer_norm_epsilon, c.dtype, name="decoder_norm")(y)
     y = nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
     if c.logits_via_embedding:

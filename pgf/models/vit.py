@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pgf.models import remat as remat_lib
+
 VARIANTS = {
     "Ti": dict(width=192, depth=12, mlp_dim=768, num_heads=3),
     "S": dict(width=384, depth=12, mlp_dim=1536, num_heads=6),
@@ -155,13 +157,15 @@ class Encoder(nn.Module):
   attention_dropout: float = 0.0
   drop_path: float = 0.0
   dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, x, train: bool):
+    block = remat_lib.wrap(EncoderBlock, self.remat, static_argnums=(2,))
     for i in range(self.depth):
       # Linearly increasing stochastic depth: 0 for the first block, drop_path for the last.
       rate = self.drop_path * i / max(self.depth - 1, 1)
-      x = EncoderBlock(self.mlp_dim, self.num_heads, self.dropout, self.attention_dropout, rate,
+      x = block(self.mlp_dim, self.num_heads, self.dropout, self.attention_dropout, rate,
                        self.dtype, name=f"encoderblock_{i}")(x, train)
     return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
 
@@ -179,6 +183,8 @@ class ViT(nn.Module):
     dtype: computation dtype (e.g. jnp.bfloat16); parameters stay float32 and logits are float32.
     head_zero_init: zero the classifier so initial logits are 0 (stable start for fine-tuning).
     posemb: "learn" (only option; kept as a field so configs can name it).
+    remat: rematerialisation of the encoder blocks, "none" | "dots" | "block"
+      (`pgf.models.remat`).
 
   ``__call__(images, train)`` takes (B, H, W, C) images with H, W divisible by ``patch_size`` and
   returns (B, num_classes) float32 logits. Randomness (dropout, drop path) is drawn from the
@@ -198,6 +204,7 @@ class ViT(nn.Module):
   dtype: Any = jnp.float32
   head_zero_init: bool = True
   posemb: str = "learn"
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, images, train: bool):
@@ -220,7 +227,7 @@ class ViT(nn.Module):
       x = jnp.concatenate([jnp.tile(cls.astype(self.dtype), (batch, 1, 1)), x], axis=1)
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
     x = Encoder(self.depth, self.mlp_dim, self.num_heads, self.dropout, self.attention_dropout,
-                self.drop_path, self.dtype, name="encoder")(x, train)
+                self.drop_path, self.dtype, self.remat, name="encoder")(x, train)
     x = x[:, 0] if self.pool_type == "tok" else jnp.mean(x, axis=1)
     head_init = nn.initializers.zeros if self.head_zero_init else nn.initializers.lecun_normal()
     logits = nn.Dense(self.num_classes, kernel_init=head_init, dtype=self.dtype, name="head")(x)

@@ -57,6 +57,25 @@ def add_sharding(config, data: int = -1, fsdp: int = 1, model: int = 1, axis_typ
   config.mesh = ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, model=model,
                                                axis_types=axis_types))
   config.sharding_rules = tuple(tuple(rule) for rule in (rules or sharding.DEFAULT_RULES))
+  add_memory_fields(config)
+  return config
+
+
+def add_memory_fields(config) -> ml_collections.ConfigDict:
+  """The fields that trade speed for memory (docs/aot.md), present in every config so that
+  `--config.micro_batches=4` etc. work on the command line:
+
+    micro_batches        gradient accumulation over this many micro-batches (1: off);
+    device_micro_batch   > 0: instead, micro-batches of this many examples per data-parallel
+                         device (the count then follows the slice size);
+    model.remat          "none" | "dots" | "block": rematerialised transformer blocks.
+  """
+  if "micro_batches" not in config:
+    config.micro_batches = 1
+  if "device_micro_batch" not in config:
+    config.device_micro_batch = 0
+  if "model" in config and "remat" not in config.model:
+    config.model.remat = "none"
   return config
 
 
@@ -115,6 +134,19 @@ def validate(config, process_count: int = 1, device_count: int = 1,
   else:
     need(batch % process_count == 0,
          f"config.batch_size={batch} is not divisible by the {process_count} processes")
+  remat = config.model.get("remat", "none")
+  need(remat in ("none", "dots", "block"),
+       f"config.model.remat={remat!r}: 'none', 'dots' or 'block' (rematerialised blocks)")
+  micro = config.get("micro_batches", 1)
+  if not isinstance(micro, int) or isinstance(micro, bool) or micro < 1:
+    problems.append(f"config.micro_batches={micro!r}: must be an int >= 1 (gradient "
+                    "accumulation over that many micro-batches of config.batch_size)")
+  elif isinstance(batch, int) and batch > 0 and batch % micro:
+    problems.append(f"config.micro_batches={micro} does not divide config.batch_size={batch}")
+  per_micro = config.get("device_micro_batch", 0)
+  if not isinstance(per_micro, int) or isinstance(per_micro, bool) or per_micro < 0:
+    problems.append(f"config.device_micro_batch={per_micro!r}: an int >= 0 (examples per "
+                    "device per micro-batch; 0 = use config.micro_batches)")
   steps = config.get("total_steps", -1)
   epochs = config.get("total_epochs", 0.0)
   need((isinstance(steps, int) and steps > 0) or (not steps or steps < 0) and epochs > 0,

@@ -34,6 +34,7 @@ from pgf.train.config_lib import build_recipe  # noqa: F401  (re-exported: tests
 from pgf.train import sharding as sharding_lib
 from pgf.train.checkpointing import Checkpointer
 from pgf.train.metric_writer import MetricWriter
+from pgf.data import mixup as mixup_lib
 from pgf.train.tasks import Task, build_task, num_train_examples
 
 log = logging.getLogger(__name__)
@@ -111,9 +112,12 @@ def build_optimizer(config, recipe: pgf.Recipe, total_steps: int, warmup_steps: 
   return pgf.optimizer(recipe, *parts), schedule
 
 
-def matched_sparsity(params, recipe: pgf.Recipe, step, masks=None):
-  """Fraction of exact zeros among the sparsified weights (what the model really sees)."""
-  effective = pgf.sparsify(params, recipe, step, masks)
+def matched_sparsity(params, recipe: pgf.Recipe, opt_state, step=None):
+  """Fraction of exact zeros among the sparsified weights (what the model really sees) at the
+  optimizer state's step, or at `step` (e.g. the step just trained)."""
+  if step is not None:
+    opt_state = pgf.at_step(opt_state, step)
+  effective = pgf.sparsify(params, recipe, opt_state)
   matched = pgf.match_leaves(params, recipe)
   zeros, total = 0.0, 0
   for key_path, leaf in jax.tree_util.tree_flatten_with_path(effective)[0]:
@@ -128,7 +132,8 @@ def _path(key_path) -> str:
   return leaf_path(key_path)
 
 
-def preflight(config, process_index: int = 0, process_count: int = 1):
+def preflight(config, process_index: int = 0, process_count: int = 1,
+              device_count: int | None = None):
   """(task, recipe, total_steps), or one ValueError listing every problem, before compiling.
 
   Config fields, the dataset (missing or unprepared) and the fit of the sparsity rules to the
@@ -136,7 +141,8 @@ def preflight(config, process_index: int = 0, process_count: int = 1):
   grouped axis) are all checked, so a user fixes everything in one go.
   """
   problems = config_lib.validate(config, process_count=process_count,
-                                 device_count=jax.device_count(), raise_errors=False)
+                                 device_count=device_count or jax.device_count(),
+                                 raise_errors=False)
   task = recipe = total_steps = None
   if not any(p.startswith(("config.data", "config.model", "config.batch_size"))
              for p in problems):
@@ -218,8 +224,12 @@ def _train_and_evaluate(config, workdir: str, stop: dict[str, Any]) -> dict[str,
   # when no checkpoint was complete and the run starts from step 0).
   writer.truncate_after(resumed_from if resumed_from is not None else 0)
   start_step = int(state["step"])
+  micro_batches = micro_batches_of(config, mesh)
+  if micro_batches > 1 and is_main:
+    log.info("Gradient accumulation: %d micro-batches of %d examples per step", micro_batches,
+             config.batch_size // micro_batches)
   fns = _compile_steps(task, recipe, tx, lr_schedule, mesh, state_shardings, noise_every,
-                       jax.random.fold_in(rng, 1))
+                       jax.random.fold_in(rng, 1), micro_batches)
   evaluate = functools.partial(_evaluate, task, fns, mesh)
 
   pending: list[tuple[int, dict]] = []
@@ -303,10 +313,8 @@ def _train_and_evaluate(config, workdir: str, stop: dict[str, Any]) -> dict[str,
 
 
 # ----------------------------------------------------------------------------- the parts
-def _build_state(config, task: Task, recipe: pgf.Recipe, tx, mesh, rng, checkpointer,
-                 noise_every: int, is_main: bool):
-  """(state, resumed_from, state_shardings): the newest checkpoint, else init_from's params,
-  else a fresh init, laid out for this mesh."""
+def _init_state_fn(task: Task, recipe: pgf.Recipe, tx, noise_every: int):
+  """rng -> the train state of a fresh run (step, params, opt_state, ...)."""
   def init_state(rng):
     params = task.init_fn(rng)
     state = {"step": jnp.zeros([], jnp.int32), "params": params, "opt_state": tx.init(params)}
@@ -318,6 +326,14 @@ def _build_state(config, task: Task, recipe: pgf.Recipe, tx, mesh, rng, checkpoi
       state["noise_masks"] = pgf.current_masks(params, recipe, 0)
     return state
 
+  return init_state
+
+
+def _build_state(config, task: Task, recipe: pgf.Recipe, tx, mesh, rng, checkpointer,
+                 noise_every: int, is_main: bool):
+  """(state, resumed_from, state_shardings): the newest checkpoint, else init_from's params,
+  else a fresh init, laid out for this mesh."""
+  init_state = _init_state_fn(task, recipe, tx, noise_every)
   abstract_state = jax.eval_shape(init_state, rng)
   # The restore target carries this mesh's shardings, so a checkpoint written on any mesh (8
   # devices, 1 device, another slice) comes back laid out for this one.
@@ -354,8 +370,40 @@ class StepFns(NamedTuple):
   replicated: Any       # the sharding of the eval sums
 
 
+def micro_batches_of(config, mesh) -> int:
+  """Gradient-accumulation micro-batches per step: `config.micro_batches`, or, when
+  `config.device_micro_batch` > 0, as many as keep each data-parallel device at that many
+  examples per micro-batch (so one config fits slices of any size: v4-8 with 1024 examples per
+  chip and 128 per micro-batch accumulates 8, v4-32 with 256 accumulates 2)."""
+  per_micro = config.get("device_micro_batch", 0) or 0
+  if per_micro <= 0:
+    return config.get("micro_batches", 1)
+  per_device = config.batch_size // sharding_lib.batch_shard_count(mesh)
+  if per_device <= per_micro:
+    return 1
+  if per_device % per_micro:
+    raise ValueError(f"config.device_micro_batch={per_micro} does not divide the "
+                     f"{per_device} examples each data-parallel device holds of "
+                     f"config.batch_size={config.batch_size}")
+  return per_device // per_micro
+
+
+def _micro_batches(batch, k: int, mesh):
+  """(k, B / k, ...) per leaf: micro-batch j holds rows j, j + k, j + 2k, ... so that every
+  device keeps its own rows (each micro-batch is split over the devices like the batch)."""
+  def split(x):
+    shape = (x.shape[0] // k, k) + x.shape[1:]
+    if sharding_lib.is_explicit(mesh):
+      spec = jax.sharding.PartitionSpec(sharding_lib.BATCH_AXES)
+      x = jnp.reshape(x, shape, out_sharding=spec)
+    else:
+      x = x.reshape(shape)
+    return jnp.swapaxes(x, 0, 1)
+  return jax.tree.map(split, batch)
+
+
 def _compile_steps(task: Task, recipe: pgf.Recipe, tx, lr_schedule, mesh, state_shardings,
-                   noise_every: int, train_rng) -> StepFns:
+                   noise_every: int, train_rng, micro_batches: int = 1) -> StepFns:
   stateful = task.init_model_state is not None
   if stateful:  # loss_fn returns (loss, (metrics, new model state))
     model_loss = sharding_lib.auto_model(
@@ -365,18 +413,53 @@ def _compile_steps(task: Task, recipe: pgf.Recipe, tx, lr_schedule, mesh, state_
   if noise_every:
     from pgf.analysis import noise as noise_lib  # pylint: disable=g-import-not-at-top
 
+  def loss_and_grads(state, batch, rng, model_state):
+    step = state["step"]
+
+    def loss_fn(params):
+      effective = pgf.sparsify(params, recipe, state["opt_state"])
+      if stateful:
+        return model_loss(effective, batch, rng, model_state)
+      return model_loss(effective, batch, rng)
+
+    # Mixing partners from the same device's part of the batch: no image crosses devices.
+    with mixup_lib.partner_shards(sharding_lib.batch_shard_count(mesh)):
+      (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    metrics, model_state = aux if stateful else (aux, None)
+    return loss, metrics, model_state, grads
+
   def train_step(state, batch):
     step = state["step"]
     step_rng = jax.random.fold_in(train_rng, step)
+    if micro_batches == 1:
+      loss, metrics, model_state, grads = loss_and_grads(state, batch, step_rng,
+                                                         state.get("model_state"))
+    else:
+      # Gradient accumulation: the mean over k micro-batches of their mean-loss gradients is
+      # the full batch's gradient (equal-size micro-batches), then ONE optimizer update, so
+      # the step count, the schedules and pgf.step_from_state are those of the full batch.
+      def body(carry, xs):
+        grads_sum, loss_sum, metrics_sum, model_state = carry
+        micro, j = xs
+        loss, metrics, model_state, grads = loss_and_grads(
+            state, micro, jax.random.fold_in(step_rng, j), model_state)
+        add = lambda a, b: jax.tree.map(jnp.add, a, b)
+        return (add(grads_sum, grads), loss_sum + loss, add(metrics_sum, metrics),
+                model_state), None
 
-    def loss_fn(params):
-      effective = pgf.sparsify(params, recipe, step, masks=_masks(state["opt_state"], recipe))
-      if stateful:
-        return model_loss(effective, batch, step_rng, state["model_state"])
-      return model_loss(effective, batch, step_rng)
-
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    metrics, model_state = aux if stateful else (aux, None)
+      micro = _micro_batches(batch, micro_batches, mesh)
+      first = jax.tree.map(lambda x: x[0], micro)
+      metric_shapes = jax.eval_shape(lambda: loss_and_grads(state, first, step_rng,
+                                                            state.get("model_state"))[1])
+      # Accumulators laid out like the params (zeros_like keeps their sharding).
+      init = (jax.tree.map(jnp.zeros_like, state["params"]), jnp.zeros((), jnp.float32),
+              jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), metric_shapes),
+              state.get("model_state"))
+      (grads, loss, metrics, model_state), _ = jax.lax.scan(
+          body, init, (micro, jnp.arange(micro_batches)))
+      scale = 1.0 / micro_batches
+      grads = jax.tree.map(lambda g: g * scale, grads)
+      loss, metrics = loss * scale, jax.tree.map(lambda m: m * scale, metrics)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     grad_norm = optax.tree.norm(grads)
@@ -420,12 +503,12 @@ def _compile_steps(task: Task, recipe: pgf.Recipe, tx, lr_schedule, mesh, state_
                                              state_shardings.get("model_state", {}), replicated),
                     out_shardings=replicated),
       effective=jit(lambda params, opt_state, step: pgf.sparsify(
-          params, recipe, step, masks=_masks(opt_state, recipe)), out_shardings=param_shardings),
+          params, recipe, pgf.at_step(opt_state, step)), out_shardings=param_shardings),
       # Deployed = the masks the forward pass used (stored ones when mask_update_every > 1).
-      deployed=jit(lambda params, opt_state: pgf.finalize(
-          params, recipe, masks=_masks(opt_state, recipe)), out_shardings=param_shardings),
+      deployed=jit(lambda params, opt_state: pgf.finalize(params, recipe, opt_state),
+                   out_shardings=param_shardings),
       sparsity=jit(lambda params, opt_state, step: matched_sparsity(
-          params, recipe, step, _masks(opt_state, recipe)), out_shardings=replicated),
+          params, recipe, opt_state, step), out_shardings=replicated),
       batch_sharding=batch_sharding, eval_rows=sharding_lib.local_multiple(mesh),
       eval_shapes=eval_shapes, replicated=replicated)
 
@@ -486,10 +569,6 @@ def _evaluate(task: Task, fns: StepFns, mesh, state) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _masks(opt_state, recipe: pgf.Recipe):
-  return pgf.masks_from_state(opt_state) if recipe.mask_update_every > 1 else None
-
-
 def _match_summary(params, recipe) -> str:
   from pgf.sparsify import match_summary  # pylint: disable=g-import-not-at-top
   return match_summary(params, recipe)

@@ -346,6 +346,11 @@ def jit(fn: Callable, mesh: jax.sharding.Mesh, **jit_kwargs) -> Callable:
     with jax.set_mesh(mesh):
       return jitted(*args, **kwargs)
 
+  def lower(*args, **kwargs):  # ahead-of-time compilation (pgf.aot) under the same mesh
+    with jax.set_mesh(mesh):
+      return jitted.lower(*args, **kwargs)
+
+  run.lower = lower
   return run
 
 
@@ -390,6 +395,18 @@ def config_problems(config, device_count: int) -> list[str]:
       problems.append(f"config.batch_size={batch} is not divisible by the {shards} "
                       f"data-parallel devices (config.mesh data x fsdp = "
                       f"{sizes['data']} x {sizes['fsdp']})")
+    micro = config.get("micro_batches", 1)
+    per_micro = config.get("device_micro_batch", 0) or 0
+    if (isinstance(per_micro, int) and per_micro > 0 and not batch % shards
+        and batch // shards > per_micro and (batch // shards) % per_micro):
+      problems.append(f"config.device_micro_batch={per_micro} does not divide the "
+                      f"{batch // shards} examples each of the {shards} data-parallel devices "
+                      f"holds of config.batch_size={batch}")
+    if (not per_micro and isinstance(micro, int) and micro > 1 and not batch % shards
+        and (batch // shards) % micro):
+      problems.append(f"config.micro_batches={micro}: each of the {shards} data-parallel "
+                      f"devices holds {batch // shards} examples of config.batch_size={batch}, "
+                      f"not divisible into {micro} micro-batches")
   return problems
 
 

@@ -1,0 +1,112 @@
+"""Shape-only stand-ins for datasets and tokenizers that are not on this machine.
+
+`pgf.aot` compiles the trainer's steps from abstract inputs; the task still wants its data
+source for shapes (image size, classes, sequence lengths) and a tokenizer for the vocabulary
+size. Where the real one cannot be opened (an ImageNet, C4 or WMT config on a laptop), these
+stand in with the same shapes and sizes, and `notes` says what was assumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+__all__ = ["data_free"]
+
+IMAGE_TRAIN_SIZES = {"imagenet2012": 1_281_167, "cifar10": 50_000}
+T5_SENTENCEPIECE_PIECES = 32_000  # T5's cc_all.32000 model (+ num_extra_ids sentinels)
+
+
+class _ImageSource:
+  channels = 3
+
+  def __init__(self, name: str, image_size: int, batch: int):
+    from pgf.data import images  # pylint: disable=g-import-not-at-top
+    spec = images.DATASETS[name]
+    self.num_classes, self.mean, self.std = spec.num_classes, spec.mean, spec.std
+    self.image_size, self.global_batch_size = image_size, batch
+    self.num_train = self.num_eval = IMAGE_TRAIN_SIZES.get(name, 1_000_000)
+
+
+class _Tokenizer:
+  pad_id, eos_id, unk_id = 0, 1, 2
+
+  def __init__(self, vocab_size: int, num_extra_ids: int):
+    self.vocab_size, self.num_extra_ids = vocab_size, num_extra_ids
+
+  @property
+  def first_sentinel_id(self) -> int:
+    return self.vocab_size - self.num_extra_ids
+
+
+class _TextSource:
+  def __init__(self, input_length: int, target_length: int, batch: int, tokenizer):
+    self.input_length, self.target_length = input_length, target_length
+    self.global_batch_size, self.tokenizer = batch, tokenizer
+    self.num_train = self.num_eval = 1_000_000
+
+
+@contextlib.contextmanager
+def data_free(config, notes: list[str]):
+  """Within the block, building the config's task never opens a dataset it cannot find: image
+  and text sources and SentencePiece tokenizers are replaced by shape-only stand-ins when the
+  real ones fail to open (each replacement is appended to `notes`)."""
+  from pgf.train import tasks, text_tasks  # pylint: disable=g-import-not-at-top
+  real_images = tasks.build_image_sources
+  real_tokenizer, real_text = text_tasks.build_tokenizer, text_tasks.build_text_source
+
+  def image_sources(config, process_index, process_count):
+    try:
+      return real_images(config, process_index, process_count)
+    except Exception as e:  # pylint: disable=broad-except
+      name = config.data.name
+      source = _ImageSource(name, config.data.image_size, config.batch_size)
+      notes.append(f"data {name!r} not readable here ({type(e).__name__}): stand-in images "
+                   f"{config.data.image_size}x{config.data.image_size}x3 uint8, "
+                   f"{source.num_classes} classes")
+      return source, source
+
+  def tokenizer(data_config):
+    try:
+      return real_tokenizer(data_config)
+    except Exception as e:  # pylint: disable=broad-except
+      extra = data_config.get("num_extra_ids", 100)
+      vocab = config.model.get("vocab_size", 0) or T5_SENTENCEPIECE_PIECES + extra
+      notes.append(f"tokenizer {data_config.get('tokenizer')!r} not readable here "
+                   f"({type(e).__name__}): stand-in vocabulary of {vocab} ids")
+      return _Tokenizer(vocab, extra)
+
+  def text_source(config, tok, process_index=0, process_count=1):
+    if not isinstance(tok, _Tokenizer):
+      try:
+        return real_text(config, tok, process_index, process_count)
+      except Exception as e:  # pylint: disable=broad-except
+        why = type(e).__name__
+    else:
+      why = "stand-in tokenizer"
+    from pgf.data import span_corruption  # pylint: disable=g-import-not-at-top
+    data = config.data
+    target = data.get("target_length") or 0
+    if not target and text_tasks.dataset_kind(data.name) == "span_corruption":
+      target = span_corruption.random_spans_helper(
+          data.input_length, data.get("noise_density", 0.15),
+          data.get("mean_noise_span_length", 3.0))[1]
+    target = target or 8  # classification labels: a few pieces
+    notes.append(f"data {data.name!r} not readable here ({why}): stand-in token batches "
+                 f"inputs {data.input_length}, targets {target}")
+    return _TextSource(data.input_length, target, config.batch_size, tok)
+
+  tasks.build_image_sources = image_sources
+  text_tasks.build_tokenizer, text_tasks.build_text_source = tokenizer, text_source
+  try:
+    yield
+  finally:
+    tasks.build_image_sources = real_images
+    text_tasks.build_tokenizer, text_tasks.build_text_source = real_tokenizer, real_text
+
+
+def example_arrays(example: dict, batch: int) -> dict:
+  """The task's one-row example batch widened to `batch` rows (shapes and dtypes only)."""
+  return {k: np.zeros((batch,) + np.asarray(v).shape[1:], np.asarray(v).dtype)
+          for k, v in example.items()}

@@ -1,0 +1,171 @@
+"""Compile-only TPU checks (libtpu's compiler on this CPU, no TPU): the Pallas N:M kernel's Mosaic
+lowering, mixup without interconnect traffic, and `python -m pgf.aot`.
+
+Skipped where libtpu is not installed (`pip install -e ".[tpu]"`).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from pgf.aot import topology
+from pgf.aot.hlo import collectives
+
+pytestmark = pytest.mark.skipif(not topology.libtpu_available(),
+                                reason="libtpu not installed (pip install -e '.[tpu]')")
+
+
+def _one_chip(name):
+  device = topology.resolve(name).devices()[0]
+  return NamedSharding(Mesh(np.array([device]), ("d",)), P())
+
+
+def _kernel_args(rows, k, r, n, m, s):
+  from pgf.deploy import format as fmt
+  g, r8 = k // m, -(-r // 8)
+  return (jax.ShapeDtypeStruct((rows, k), jnp.bfloat16, sharding=s),
+          jax.ShapeDtypeStruct((g, n, r), jnp.bfloat16, sharding=s),
+          jax.ShapeDtypeStruct((g, n, fmt.index_bits(m), r8), jnp.uint8, sharding=s))
+
+
+@pytest.mark.parametrize("chip,rows,m", [("v4-8", 1, 16), ("v5e-4", 8, 4), ("v6e-4", 64, 32)])
+def test_pallas_nm_kernel_compiles_for_tpu(chip, rows, m):
+  from pgf.deploy import format as fmt
+  from pgf.deploy import nm_dot
+  s = _one_chip(chip)
+  k_dim, r = 512, 1024
+
+  def compressed(x, values, packed):
+    return nm_dot(x, fmt.NMKernel(values, packed, 1, m, (0,), (k_dim, r)), impl="pallas",
+                  backend="tpu")
+
+  compiled = jax.jit(compressed).lower(*_kernel_args(rows, k_dim, r, 1, m, s)).compile()
+  assert "tpu_custom_call" in compiled.as_text()  # the Mosaic kernel, not a jnp fallback
+  dense = jax.jit(jnp.dot).lower(jax.ShapeDtypeStruct((rows, k_dim), jnp.bfloat16, sharding=s),
+                                 jax.ShapeDtypeStruct((k_dim, r), jnp.bfloat16, sharding=s)
+                                 ).compile()
+  # The point of the kernel: it reads the kept values and packed indices, not the dense W.
+  assert compiled.cost_analysis()["bytes accessed"] < dense.cost_analysis()["bytes accessed"]
+
+
+def test_gpu_tiles_do_not_lower_for_tpu():
+  """What `pallas.supported` guards against: the Triton tiling (32-column blocks) is refused
+  by Mosaic, which the TPU tiling avoids."""
+  from pgf.deploy import pallas
+  s = _one_chip("v4-8")
+  m, r = 16, 3072
+  fn = lambda x, v, p: pallas.nm_matmul(x, v, p, m=m, r=r, block_c=32, backend="tpu")
+  with pytest.raises(Exception, match="divisible by 8 and 128"):
+    jax.jit(fn).lower(*_kernel_args(1, 768, r, 1, m, s)).compile()
+
+
+def test_mixup_partners_stay_on_their_device():
+  from pgf.data import mixup
+  devices = topology.resolve("v4-8").devices()
+  mesh = Mesh(np.array(devices), ("data",))
+  s = NamedSharding(mesh, P("data"))
+  spec = mixup.MixSpec(mixup_alpha=0.5, cutmix_alpha=1.0)
+  args = (jax.random.key(0), jax.ShapeDtypeStruct((16, 32, 32, 3), jnp.float32, sharding=s),
+          jax.ShapeDtypeStruct((16, 10), jnp.float32, sharding=s))
+
+  def hlo(shards):
+    fn = lambda key, x, t: mixup.mix_batch(key, x, t, spec, shards=shards)[:2]
+    return jax.jit(fn, out_shardings=(s, s)).lower(*args).compile().as_text()
+
+  image_bytes = 4 * 32 * 32 * 3 * 4  # the 4 images each device holds
+  whole = collectives(hlo(1))  # the batch reversed across devices: every image moves
+  assert any(c["op"] == "collective-permute" and c["bytes"] == image_bytes for c in whole), whole
+  assert collectives(hlo(len(devices))) == []
+
+
+# ----------------------------------------------------------------------------- python -m pgf.aot
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config=" + os.path.join(ROOT, "configs", "vit_1_16.py") + ":demo",
+        "--config.model.variant=Ti/8", "--config.model.width=32", "--config.model.depth=1",
+        "--config.model.num_heads=2", "--config.model.mlp_dim=64"]
+
+
+def _aot(*args, timeout=300):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  proc = subprocess.run([sys.executable, "-m", "pgf.aot", *args], capture_output=True,
+                        text=True, timeout=timeout, env=env, cwd=ROOT)
+  return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_tiny_config_fits_a_4_chip_slice(tmp_path):
+  out = tmp_path / "aot.json"
+  rc, stdout, stderr = _aot(*TINY, "--topology=v4-8", f"--json={out}")
+  assert rc == 0, stdout + stderr
+  assert "FITS" in stdout and "4 v4 chips" in stdout
+  record = json.loads(out.read_text())
+  assert record["fits"] and record["chips"] == 4 and record["mesh"]["data"] == 4
+  for step in record["steps"]:
+    assert step["ok"] and step["flops"] > 0 and step["bytes_accessed"] > 0
+    assert 0 < step["peak_bytes"] < record["usable_gib"] * 2**30
+  train = record["steps"][0]
+  assert train["name"] == "train" and train["memory"]["aliased"] > 0  # the donated state
+  assert "all-reduce" in train["collectives"]  # data-parallel gradients
+  assert "collective-permute" not in train["collectives"]  # mixup stays on each device
+
+
+def test_config_that_cannot_fit_gets_the_message():
+  # A 1-block ViT whose 2 x 64 x 2^24 MLP kernels (12 GiB of params + Adam state per chip,
+  # replicated) cannot train on a v5e chip (16 GiB).
+  rc, stdout, stderr = _aot(*TINY, "--config.model.mlp_dim=16777216", "--topology=v5e-4",
+                            "--steps=train", "--nosuggest")
+  assert rc == 1, stdout + stderr
+  assert "DOES NOT FIT: the train step needs" in stdout
+  assert "RESOURCE_EXHAUSTED" in stdout  # XLA's own words next to pgf's
+
+
+def test_bad_topology_and_missing_flags_are_named():
+  rc, _, stderr = _aot(*TINY, "--topology=v9-8")
+  assert rc == 2 and "--topology=v9-8: not a Cloud TPU slice name" in stderr
+  rc, _, stderr = _aot("--topology=v4-8")
+  assert rc == 2 and "--config=configs/X.py and --topology=SLICE are required" in stderr
+  with pytest.raises(ValueError, match="v4/v5p slices are 4, 8, 16"):
+    topology.resolve("v4-6")
+  assert topology.resolve("v5litepod-16").hosts == 4
+  assert topology.resolve("v4-32").hosts == 4 and topology.resolve("v4-32").chips == 16
+  assert topology.resolve("2xv5e-16").chips == 32
+
+
+def test_suggestion_search_takes_the_first_variant_that_fits(monkeypatch):
+  """The search order and message, with the compiler replaced by a memory model (the real
+  search is exercised in docs/aot.md's runs)."""
+  import types
+  from pgf.aot import __main__ as cli
+  from pgf.aot import compile as aot_compile
+  topo = topology.resolve("v4-8")
+  usable = topo.chip.hbm_gib * 2**30 * aot_compile.USABLE_FRACTION
+
+  def fake_compile(config, topo, steps=("train",)):
+    # Temporaries of 70 GiB over the micro-batch count; "block" remat divides them by 3.
+    temp = 70 * 2**30 / config.get("micro_batches", 1)
+    temp /= 3 if config.model.get("remat", "none") == "block" else 1
+    step = aot_compile.StepResult("train", True, 1.0, dict(arguments=2**30, outputs=0,
+                                                          aliased=0, temp=int(temp), code=0))
+    return aot_compile.ConfigResult(topo, [step], [], config.batch_size, 1, "none",
+                                    {"data": 4, "fsdp": 1, "model": 1}, 2**30)
+
+  from test_train_vit import load_config
+  config = load_config(os.path.join(ROOT, "configs", "vit_1_16.py"))  # batch 4096
+  failed = aot_compile.ConfigResult(
+      topo, [aot_compile.StepResult("train", False, 1.0, oom={"required": 70 * 2**30,
+                                                               "available": 30.75 * 2**30})],
+      [], 4096, 1, "none", {"data": 4, "fsdp": 1, "model": 1}, 2**30)
+  monkeypatch.setattr(cli, "FLAGS", types.SimpleNamespace(max_tries=6, steps=["train"]))
+  found, tried = cli._suggest(config, topo, failed, fake_compile, usable)
+  # 2 micro-batches: 35 + 1 GiB > 30.4 usable; 4 fits and ends the search.
+  assert [c for c, _, _ in tried] == [{"micro_batches": 2}, {"micro_batches": 4}]
+  assert found[0] == {"micro_batches": 4}
+  # 10x over: micro-batch counts that cannot be enough (2, 4) are not compiled.
+  failed.steps[0].oom["required"] = 300 * 2**30
+  assert cli._variants(config, failed, usable)[0] == {"micro_batches": 8}
