@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\([^)]*\)")
 NUMBER = re.compile(r"(?<![\w.])[-−+]?\d[\d,]*(?:\.\d+)?(?:e-?\d+)?%?")
 
 
@@ -25,9 +26,9 @@ def norm(s):
 
 
 def strip_links(s):
-  """Link targets change when text moves between pages, and a bold lead-in ("**Format.** ...")
-  may have become the section's heading; compare the link text and what follows the lead-in."""
-  return re.sub(r"^\*\*[^*]+\*\*\s*", "", re.sub(r"\]\([^)]*\)", "]", s.strip()))
+  """Links change when text moves between pages (compare each as "[link]"), and a bold lead-in
+  ("**Format.** ...") may have become the section's heading: compare what follows it."""
+  return re.sub(r"^\*\*[^*]+\*\*\s*", "", LINK.sub("[link]", s.strip()))
 
 
 def split(text):
@@ -73,7 +74,7 @@ def main():
   print(f"images: {len(o_images) - len(lost_images)} of {len(o_images)} shown"
         + (f"; missing: {lost_images}" if lost_images else ""))
   failed = bool(lost_images)
-  new_flat = norm(re.sub(r"\]\([^)]*\)", "]", new))
+  new_flat = norm(LINK.sub("[link]", new))
   for kind, items, strict in (("table rows", o_rows, True), ("code lines", o_code, False),
                               ("sentences", o_sent, False)):
     missing = [x for x in items if norm(strip_links(x)) not in new_flat]
