@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The accelerator benchmark, unattended, in ONE call of the device tool (see README, "Speed on
+# The accelerator benchmark, unattended, in ONE call of the device tool (see docs/benchmarks.md, "Speed on
 # accelerators"):
 #
 #   run(command="bash experiments/device_check.sh", carry=[".wheels"], timeout_s=540)

@@ -147,7 +147,7 @@ def t5_shakespeare(methods, patterns, seeds, steps) -> Grid:
 
   Fine-tuning writes the line that follows two lines of dialogue, scored in bits per target byte on
   the 8 held-out plays (neither pre-training nor fine-tuning sees them). The genre labels of the demo
-  config are not learned by a model this small in minutes (README, Results), so the grid uses a task it
+  config are not learned by a model this small in minutes (docs/t5.md), so the grid uses a task it
   does learn: a dense fine-tune ends ~35% below the targets' unigram entropy.
   """
   from pgf import families  # pylint: disable=g-import-not-at-top

@@ -3,25 +3,31 @@
   PGF_COORDINATOR_ADDRESS=127.0.0.1:PORT PGF_NUM_PROCESSES=2 PGF_PROCESS_ID=0 \
       JAX_PLATFORMS=cpu JAX_NUM_CPU_DEVICES=4 python tests/multihost_child.py SPEC_JSON
 
-The job is set up exactly as `python -m pgf.main` does it (`pgf.train.distributed.initialize` from the
-environment, `pgf.main.exit_status` for the exit status); without the coordinator variables it
-is a single process. SPEC_JSON: {"config": "configs/vit_1_16.py:demo", "workdir": ...,
+The job runs exactly as `python -m pgf.main` runs it (`pgf.main.run`: process setup from the
+environment, start-up checks, failure handling, exit status); without the coordinator variables
+it is a single process. SPEC_JSON: {"config": "configs/vit_1_16.py:demo", "workdir": ...,
 "overrides": {"a.b": value}} plus optional faults, each firing on the processes listed in
 "fault_processes" (default: all):
 
   term_at        SIGTERM to this process when the loop fetches the batch of that step
   term_at_start  SIGTERM to this process before anything is compiled or restored
   kill_at        SIGKILL to this process at that point (no cleanup, like a lost VM)
+  fail_at        a ValueError on this process at that point (-1: before anything is compiled)
+  extra_vote     this process votes in an agreement the others do not hold, just before the
+                 agreement on the checkpoint to restore (a process on another code path)
   term_in_eval   SIGTERM to this process while the evaluation after that step runs
   torn_view      this process reads the checkpoint of that step torn (a copy with truncated
                  files), as a host with a stale or failing view of the shared directory does,
                  after the other processes have read it intact
+  process_overrides  {"1": {"a.b": value}}: config overrides for one process only
+  code_edit      this process's pgf code fingerprint has one file changed
 
 and "init_params_out": a path where process 0 writes the params that `config.init_from` gave.
 
 On a normal return (finished or preempted) every process prints "SUMMARY {json}" as its last
 line (with "process_index"), process 0 writes the final params, gathered from all processes, to
-WORKDIR/final_params.npz, and the process exits with pgf's exit status.
+WORKDIR/final_params.npz, and the process exits with pgf's exit status (a failure in a
+multi-process job exits from within `pgf.main.run`).
 """
 
 import faulthandler
@@ -53,8 +59,6 @@ def main():
   faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints where a hung process is
   logging.basicConfig(level=logging.INFO,
                       format="%(relativeCreated)6.0fms %(levelname)s %(message)s")
-  from pgf.train import distributed  # pylint: disable=g-import-not-at-top
-  distributed.initialize()
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from pgf import main as pgf_main  # pylint: disable=g-import-not-at-top
@@ -63,28 +67,46 @@ def main():
 
   config = config_lib.load(os.path.join(ROOT, spec["config"]))
   config_lib.apply_overrides(config, spec.get("overrides", {}))
-  faulty = jax.process_index() in spec.get("fault_processes", range(jax.process_count()))
+  own_id = os.environ.get("PGF_PROCESS_ID", "0")
+  config_lib.apply_overrides(config, spec.get("process_overrides", {}).get(own_id, {}))
+  faulty = lambda: jax.process_index() in spec.get("fault_processes",
+                                                   range(jax.process_count()))
+
+  if spec.get("code_edit") is not None:
+    fingerprint = pgf_main.code_fingerprint
+
+    def edited_fingerprint():
+      hashes = fingerprint()
+      if faulty():
+        hashes[spec["code_edit"]] = "0123456789ab"
+      return hashes
+
+    pgf_main.code_fingerprint = edited_fingerprint
 
   build_task = train.build_task
 
   def build_task_with_faults(*args, **kwargs):
     task = build_task(*args, **kwargs)
-    if faulty and spec.get("term_at_start"):
+    if faulty() and spec.get("term_at_start"):
       os.kill(os.getpid(), signal.SIGTERM)
+    if faulty() and spec.get("fail_at") == -1:
+      raise ValueError(f"injected failure on process {jax.process_index()} before compiling")
     train_batch, eval_batches = task.train_source.train_batch, task.eval_batches
 
     def faulty_train_batch(step):
-      if faulty and step == spec.get("kill_at"):
+      if faulty() and step == spec.get("kill_at"):
         os.kill(os.getpid(), signal.SIGKILL)
-      if faulty and step == spec.get("term_at"):
+      if faulty() and step == spec.get("term_at"):
         os.kill(os.getpid(), signal.SIGTERM)
+      if faulty() and step == spec.get("fail_at"):
+        raise ValueError(f"injected failure on process {jax.process_index()} at step {step}")
       faulty_train_batch.last_step = step
       return train_batch(step)
 
     def faulty_eval_batches():
       # The loop evaluates after step `last_step + 1`; the signal lands mid-evaluation.
       for i, batch in enumerate(eval_batches()):
-        if faulty and i == 0 and faulty_train_batch.last_step + 1 == spec.get("term_in_eval"):
+        if faulty() and i == 0 and faulty_train_batch.last_step + 1 == spec.get("term_in_eval"):
           os.kill(os.getpid(), signal.SIGTERM)
         yield batch
 
@@ -94,6 +116,17 @@ def main():
     return task
 
   train.build_task = build_task_with_faults
+
+  if spec.get("extra_vote"):
+    from pgf.train import checkpointing, multihost  # pylint: disable=g-import-not-at-top
+    restore_latest = checkpointing.Checkpointer.restore_latest
+
+    def restore_latest_after_an_extra_vote(self, *args, **kwargs):
+      if faulty():
+        multihost.agree_max(1, "an extra vote of the test")
+      return restore_latest(self, *args, **kwargs)
+
+    checkpointing.Checkpointer.restore_latest = restore_latest_after_an_extra_vote
 
   if spec.get("torn_view") is not None:
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
@@ -105,7 +138,7 @@ def main():
     def restore_with_torn_view(self, directory, *args, **kwargs):
       if os.path.dirname(str(directory)) != step_dir:  # not <torn step>/<item>
         return restore(self, directory, *args, **kwargs)
-      if not faulty:
+      if not faulty():
         restored = restore(self, directory, *args, **kwargs)
         open(marker(jax.process_index()), "w").close()
         return restored
@@ -140,19 +173,16 @@ def main():
 
     train._init_params_from = recording_init_params_from  # pylint: disable=protected-access
 
-  try:
-    summary = train.train_and_evaluate(config, spec["workdir"])
-  except (ValueError, FileNotFoundError, train.NonFiniteError) as e:
-    print(f"ERROR {type(e).__name__}: {e}", flush=True)
-    sys.exit(pgf_main.EXIT_ERROR)
-  state = summary.pop("state", None)
-  if state is not None:
-    params = gathered(state["params"])
-    if jax.process_index() == 0:
-      np.savez(os.path.join(spec["workdir"], "final_params.npz"), **params)
-  summary["process_index"] = jax.process_index()
-  print("SUMMARY " + json.dumps(summary, default=str), flush=True)
-  sys.exit(pgf_main.exit_status(summary))
+  def after(summary):
+    state = summary.pop("state", None)
+    if state is not None:
+      params = gathered(state["params"])
+      if jax.process_index() == 0:
+        np.savez(os.path.join(spec["workdir"], "final_params.npz"), **params)
+    summary["process_index"] = jax.process_index()
+    print("SUMMARY " + json.dumps(summary, default=str), flush=True)
+
+  sys.exit(pgf_main.run(config, spec["workdir"], after=after))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """experiments/bench_accelerator.py --smoke: every sub-benchmark runs, the table and JSON hold
-what README's "Speed on accelerators" describes, and every ratio is a positive finite number.
+what docs/benchmarks.md's "Speed on accelerators" describes, and every ratio is a positive finite number.
 One subprocess (the smoke run) serves every test here; experiments/device_check.sh is checked
 for syntax."""
 

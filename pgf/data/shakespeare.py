@@ -15,7 +15,7 @@ holds out the end of every play instead). Three sources share `pgf.data.text.Tex
 * `ShakespeareClassification`: a real fine-tuning task (a stand-in for GLUE) with a majority-class baseline.
   `task="genre"`: "shakespeare genre: <4 consecutive lines>" -> "comedy" / "tragedy" / ...
   `task="play"`: "shakespeare play: <lines>" -> the play's name ("king-lear"), 38 classes.
-  Neither is learned above the majority class by a small model in CPU minutes (README, T5 section).
+  Neither is learned above the majority class by a small model in CPU minutes (docs/t5.md).
 * `ShakespeareNextLine`: "shakespeare next line: <preceding lines>" -> the line that follows, a generation
   fine-tuning task scored in bits per target byte on the held-out plays. A small pre-trained model learns
   it within CPU minutes, so it is the CPU-scale T5 grid's task.

@@ -1,4 +1,4 @@
-"""Deploy a trained N:M model from its compressed form (see README, "Deploy").
+"""Deploy a trained N:M model from its compressed form (see docs/deploy.md).
 
     params = pgf.deploy.load("model.safetensors")        # NMKernel leaves for N:M kernels
     with pgf.deploy.intercept():                           # Dense layers use nm_dot on them

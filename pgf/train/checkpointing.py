@@ -47,7 +47,7 @@ class Checkpointer:
   def save(self, step: int, state: Any) -> bool:
     """Saves `state` at `step` (no-op if that step is already saved)."""
     # Every process must take the same branch: a save is a collective in orbax.
-    if multihost.agree_max(step in self.manager.all_steps()):
+    if multihost.agree_max(step in self.manager.all_steps(), "checkpoint already saved", step):
       return False
     return self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
@@ -66,7 +66,7 @@ class Checkpointer:
     """
     below = None
     while True:
-      step = agreed_newest_step(self.all_steps(), below)
+      step = agreed_newest_step(self.all_steps(), below, "newest checkpoint to restore")
       if step is None:
         return None, None
       state, error = None, None
@@ -74,7 +74,8 @@ class Checkpointer:
         state = self._restore_here(step, target)
       except Exception as e:  # pylint: disable=broad-except  (orbax raises many types)
         error = e
-      if multihost.agree_min(error is None):  # doubles as the barrier after a restore
+      # Doubles as the barrier after a restore.
+      if multihost.agree_min(error is None, "checkpoint restored everywhere", step):
         return state, step
       self._move_aside(step, error)
       below = step
@@ -120,12 +121,13 @@ class Checkpointer:
     self.manager.close()
 
 
-def agreed_newest_step(steps: list[int], below: int | None = None) -> int | None:
+def agreed_newest_step(steps: list[int], below: int | None = None,
+                       name: str = "newest checkpoint to restore") -> int | None:
   """The newest of `steps` (below `below`, if given) that every process sees, or None.
 
   Each process proposes its newest step and all take the smallest proposal, so a step that
   some process cannot see yet (a shared filesystem lagging on one host) is never chosen.
   """
   local = [s for s in steps if below is None or s < below]
-  step = multihost.agree_min(local[-1] if local else -1)
+  step = multihost.agree_min(local[-1] if local else -1, name, -1 if below is None else below)
   return None if step < 0 else step

@@ -16,8 +16,13 @@ gloo (JAX's default), so the same code runs as several local processes for testi
 
 from __future__ import annotations
 
+import faulthandler
+import json
 import logging
 import os
+import sys
+import threading
+import time
 from typing import Mapping
 
 # Each setting: (PGF's variable, JAX's variable). JAX itself reads only the address.
@@ -91,21 +96,177 @@ def plan(environ: Mapping[str, str], coordinator_address: str | None = None,
   return None
 
 
+DEFAULT_STARTUP_TIMEOUT = 60  # seconds; --startup_timeout
+
+# What `_on_coordination_error` needs: the settings, whether the job had assembled, and the
+# handler pgf.main installs (error text, connected) -> never returns. It runs when the job
+# has not assembled within the start-up timeout.
+_STATE: dict = {"kwargs": {}, "timeout": DEFAULT_STARTUP_TIMEOUT, "connected": False,
+                "handler": None}
+
+
+def set_error_handler(handler) -> None:
+  """`handler(message: str, connected: bool)` ends the process on a fatal coordination error
+  (it runs on one of JAX's threads): `connected` is False while the job assembles."""
+  _STATE["handler"] = handler
+
+
+def _on_coordination_error(*args) -> None:
+  text = " ".join(str(a) for a in args) or "coordination service error"
+  if not _STATE["connected"]:
+    text = diagnose(_STATE["kwargs"], RuntimeError(text), _STATE["timeout"])
+  handler = _STATE["handler"]
+  if handler is not None:
+    handler(text, _STATE["connected"])
+  logging.error("pgf: %s", text)
+  print(f"pgf: {text}", file=sys.stderr, flush=True)
+  os._exit(1)  # pylint: disable=protected-access
+
+
+class StartupError(RuntimeError):
+  """The processes did not all connect within the start-up timeout."""
+
+
+def _reachable(address: str, timeout_s: float = 2.0) -> bool:
+  """Whether something accepts TCP connections at host:port."""
+  import socket  # pylint: disable=g-import-not-at-top
+  host, _, port = address.rpartition(":")
+  try:
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+      return True
+  except (OSError, ValueError):
+    return False
+
+
+def diagnose(kwargs: Mapping, error: Exception, timeout_s: float) -> str:
+  """What a failed connect most likely means, naming the setting to check."""
+  address = kwargs.get("coordinator_address") or "(detected by JAX)"
+  count, me = kwargs.get("num_processes"), kwargs.get("process_id")
+  text = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+  who = f"process {me}" if me is not None else "this process"
+  settings = ("--coordinator_address (or PGF_COORDINATOR_ADDRESS), --num_processes, "
+              "--process_id")
+  if "already" in text.lower() and "regist" in text.lower() or "duplicate" in text.lower():
+    likely = (f"another process registered with the same --process_id={me}: every process "
+              f"needs its own id, 0 to {count - 1 if count else 'N-1'}")
+  elif me == 0:
+    likely = (f"not all {count if count else 'N'} processes connected to this one (the "
+              f"coordinator, {address}) within {timeout_s:.0f} s: a process was not started "
+              "or crashed, uses another --coordinator_address or port, shares a "
+              "--process_id with another, or was given another --num_processes")
+  elif kwargs.get("coordinator_address") and not _reachable(kwargs["coordinator_address"]):
+    likely = (f"nothing accepts connections at --coordinator_address={address}: process 0 "
+              "was not started (or has exited), or the address or port is not process 0's "
+              "(it must be the same on every process)")
+  else:
+    likely = (f"the coordinator at {address} answers, but the job did not assemble within "
+              f"{timeout_s:.0f} s: a process was not started, two share a --process_id, or "
+              "--num_processes differs between processes")
+  return (f"{who} could not join the job within the start-up timeout ({timeout_s:.0f} s, "
+          f"--startup_timeout): {likely}. Check {settings}. (JAX: {text})")
+
+
+def _who(kwargs: Mapping) -> str:
+  return (f"process {kwargs.get('process_id', '?')} of {kwargs.get('num_processes', '?')}, "
+          f"coordinator {kwargs.get('coordinator_address') or '(detected by JAX)'}")
+
+
+def _check_joined(kwargs: Mapping, count: int, timeout_s: float) -> None:
+  """Every process says it joined, under its id, in the key-value store, and waits for all:
+  a process id taken twice or a process missing is an error here, with a message."""
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  state = jax_distributed.global_state
+  client, me = state.client, state.process_id
+  try:
+    client.key_value_set(f"pgf/joined/{me}", "1")
+  except Exception as e:  # pylint: disable=broad-except
+    if "exist" in str(e).lower():
+      raise StartupError(
+          f"two processes were started with --process_id={me} (or PGF_PROCESS_ID): every "
+          f"process needs its own id, 0 to {count - 1}") from e
+    raise
+  deadline = time.monotonic() + timeout_s
+  for p in range(count):
+    while True:
+      try:
+        client.blocking_key_value_get(f"pgf/joined/{p}", 250)
+        break
+      except Exception as e:  # pylint: disable=broad-except
+        failure = None
+        try:  # a process that failed while joining says why (pgf.multihost.publish_failure)
+          failure = json.loads(client.key_value_try_get("pgf/failure"))
+        except Exception:  # pylint: disable=broad-except
+          pass
+        if failure is not None:
+          raise StartupError(f"process {failure['process']} failed while the job started: "
+                             f"{failure['message']}") from e
+        if time.monotonic() > deadline:
+          raise StartupError(diagnose(kwargs, RuntimeError(f"process {p} did not join"),
+                                      _STATE["timeout"])) from e
+
+
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, environ: Mapping[str, str] | None = None) -> None:
-  """Calls `jax.distributed.initialize` with the settings of `plan`; does nothing in a
-  single-process job. Must run before anything else touches JAX's devices."""
+               process_id: int | None = None, environ: Mapping[str, str] | None = None,
+               startup_timeout: float = DEFAULT_STARTUP_TIMEOUT) -> dict | None:
+  """Calls `jax.distributed.initialize` with the settings of `plan` and returns them; does
+  nothing (returns None) in a single-process job. Must run before anything else touches JAX's
+  devices.
+
+  Every process must connect within `startup_timeout` seconds or this raises StartupError
+  saying which setting is likely wrong. JAX's own SIGTERM handler (its preemption service) is
+  not installed: pgf handles SIGTERM itself, from before this call (see pgf.main).
+  """
   import jax  # pylint: disable=g-import-not-at-top
   environ = os.environ if environ is None else environ
   kwargs = plan(environ, coordinator_address, num_processes, process_id)
   if kwargs is None:
-    return
+    return None
+  if not startup_timeout or startup_timeout <= 0:
+    raise ValueError(f"--startup_timeout={startup_timeout}: must be > 0 seconds")
+  jax.config.update("jax_enable_preemption_service", False)
+  _STATE.update(kwargs=kwargs, timeout=startup_timeout, connected=False)
+  # JAX's own connect timeout aborts the process (SIGABRT, 134) with a generic
+  # DEADLINE_EXCEEDED, and does not end every failed start (a duplicate process id can wait
+  # forever): this timer fires first and ends the start-up with a message naming the likely
+  # wrong setting. (JAX's error callback cannot be replaced from Python: it receives a C++
+  # status that does not convert.)
+  timer = threading.Timer(startup_timeout, _on_coordination_error,
+                          args=(f"the job did not assemble within {startup_timeout:.0f} s",))
+  timer.daemon = True
+  timer.start()
+  # A process can also block in JAX's connect holding Python's lock, where no Python thread
+  # runs (seen with a duplicate process id): faulthandler's C thread then ends it (status 1,
+  # after printing where it was), and the line below says what that means.
+  print(f"pgf: connecting to the job ({_who(kwargs)}); if it does not assemble within "
+        f"{startup_timeout + 10:.0f} s this process exits with status 1: check "
+        "--coordinator_address, --num_processes and --process_id on every process",
+        file=sys.stderr, flush=True)
+  faulthandler.dump_traceback_later(startup_timeout + 10.0, exit=True)
+  start = time.monotonic()
   try:
-    jax.distributed.initialize(**kwargs)
+    jax.distributed.initialize(**kwargs,
+                               initialization_timeout=max(int(startup_timeout), 1) + 30)
+    process_count = jax.process_count()  # the devices of every process: a collective start-up
+    if kwargs.get("num_processes") is not None and process_count != kwargs["num_processes"]:
+      raise StartupError(
+          f"--num_processes={kwargs['num_processes']} on process {jax.process_index()}, but "
+          f"the job has {process_count} processes (process 0's --num_processes): give every "
+          "process the same --num_processes")
+    _check_joined(kwargs, process_count,
+                  max(startup_timeout - (time.monotonic() - start), 1.0))
+  except StartupError:
+    raise
   except ValueError as e:
     raise ValueError(
         f"jax.distributed.initialize: {str(e).rstrip('.')}. Outside a Cloud TPU VM slice, "
         "SLURM or Open MPI, pass --coordinator_address=HOST:PORT (process 0's host), "
         "--num_processes and --process_id, or set PGF_COORDINATOR_ADDRESS, PGF_NUM_PROCESSES "
         "and PGF_PROCESS_ID") from e
+  except Exception as e:  # pylint: disable=broad-except  (JaxRuntimeError: DEADLINE_EXCEEDED...)
+    raise StartupError(diagnose(kwargs, e, startup_timeout)) from e
+  finally:
+    timer.cancel()
+    faulthandler.cancel_dump_traceback_later()
+  _STATE["connected"] = True
   logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+  return kwargs

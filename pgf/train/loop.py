@@ -169,14 +169,17 @@ def preflight(config, process_index: int = 0, process_count: int = 1,
 
 
 # ----------------------------------------------------------------------------- the loop
-def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config, workdir: str, stop: dict[str, Any] | None = None
+                       ) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the summary.
 
   A SIGTERM (preemption notice) stops the run after the next step, with a checkpoint there,
   and `summary["preempted"]` set. It is caught from the start: while compiling or restoring
-  too, where, in a multi-process job, JAX's own handler would otherwise swallow it.
+  too, where, in a multi-process job, JAX's own handler would otherwise swallow it. `stop` is
+  the caller's {"signal": None} when it caught signals before (pgf.main does, from before the
+  processes connect); a signal recorded there counts like one received here.
   """
-  stop = {"signal": None}
+  stop = {"signal": None} if stop is None else stop
 
   def on_sigterm(signum, _frame):
     stop["signal"] = signum
@@ -192,7 +195,7 @@ def _train_and_evaluate(config, workdir: str, stop: dict[str, Any]) -> dict[str,
   if "://" in workdir:  # os.path would turn gs://b/run into a local ./gs:/b/run
     raise ValueError(f"--workdir={workdir!r}: pgf reads and writes the workdir as a local path; "
                      "mount the bucket with Cloud Storage FUSE on every host and pass the mount "
-                     "path, e.g. /gcs/BUCKET/run (README, 'Cloud TPU VM')")
+                     "path, e.g. /gcs/BUCKET/run (docs/cloud_tpu.md)")
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   process_index, process_count = jax.process_index(), jax.process_count()
@@ -217,8 +220,9 @@ def _train_and_evaluate(config, workdir: str, stop: dict[str, Any]) -> dict[str,
                               async_save=config.get("async_checkpointing", True))
   state, resumed_from, state_shardings = _build_state(config, task, recipe, tx, mesh, rng,
                                                       checkpointer, noise_every, is_main)
-  if resumed_from is not None:
-    writer.truncate_after(resumed_from)
+  # Rows logged after the step this run starts from are logged again: drop them (all of them
+  # when no checkpoint was complete and the run starts from step 0).
+  writer.truncate_after(resumed_from if resumed_from is not None else 0)
   start_step = int(state["step"])
   micro_batches = micro_batches_of(config, mesh)
   if micro_batches > 1 and is_main:
@@ -247,7 +251,7 @@ def _train_and_evaluate(config, workdir: str, stop: dict[str, Any]) -> dict[str,
       # its flag before dispatching the step and reads the max after: the read waits for the
       # previous step only, so the device never idles. A signal arriving after the vote
       # (during eval, logging, a save) is carried by the next step's vote.
-      stop_vote = multihost.start_max(stop["signal"] is not None)
+      stop_vote = multihost.start_max(stop["signal"] is not None, "stop after this step", step)
       state, metrics = fns.train_step(state, sharding_lib.global_batch(batch,
                                                                        fns.batch_sharding))
       pending.append((step, metrics))
@@ -356,12 +360,14 @@ def _build_state(config, task: Task, recipe: pgf.Recipe, tx, mesh, rng, checkpoi
 class StepFns(NamedTuple):
   """The jitted computations of a run, each on global arrays (every process runs each)."""
   train_step: Any       # (state, batch) -> (state, metrics)
-  eval_step: Any        # (params, batch, model_state) -> {metric: per-batch sum}
+  eval_step: Any        # (params, batch, model_state, sums) -> sums + {metric: batch sum}
   effective: Any        # (params, opt_state, step) -> the forward weights of that step
   deployed: Any         # (params, opt_state) -> finalized params (the trained masks)
   sparsity: Any         # (params, opt_state, step) -> measured fraction of zeros
   batch_sharding: Any
   eval_rows: int        # eval batches are padded to a multiple of this
+  eval_shapes: Any      # (params, batch, model_state) -> shapes and dtypes of the eval sums
+  replicated: Any       # the sharding of the eval sums
 
 
 def micro_batches_of(config, mesh) -> int:
@@ -474,15 +480,27 @@ def _compile_steps(task: Task, recipe: pgf.Recipe, tx, lr_schedule, mesh, state_
   # Eval reads the running model state (BatchNorm averages); {} for a stateless task.
   model_eval = ((lambda p, b, s: task.eval_fn(p, b, model_state=s)) if stateful
                 else (lambda p, b, s: task.eval_fn(p, b)))
+  model_eval = sharding_lib.auto_model(model_eval, mesh)
+
+  def eval_step(params, batch, model_state, sums):
+    # The running sums go in and out, so each eval step depends on the previous one: see
+    # `_evaluate` for why the steps must not be independent programs.
+    return jax.tree.map(jnp.add, sums, model_eval(params, batch, model_state))
+
+  def eval_shapes(params, batch, model_state):
+    if not sharding_lib.is_explicit(mesh):
+      return jax.eval_shape(model_eval, params, batch, model_state)
+    with jax.set_mesh(mesh):
+      return jax.eval_shape(model_eval, params, batch, model_state)
+
   batch_sharding, replicated = sharding_lib.batch_sharding(mesh), sharding_lib.replicated(mesh)
   param_shardings = state_shardings["params"]
   jit = functools.partial(sharding_lib.jit, mesh=mesh)
   return StepFns(
       train_step=jit(train_step, in_shardings=(state_shardings, batch_sharding),
                      out_shardings=(state_shardings, replicated), donate_argnums=(0,)),
-      eval_step=jit(sharding_lib.auto_model(model_eval, mesh),
-                    in_shardings=(param_shardings, batch_sharding,
-                                  state_shardings.get("model_state", {})),
+      eval_step=jit(eval_step, in_shardings=(param_shardings, batch_sharding,
+                                             state_shardings.get("model_state", {}), replicated),
                     out_shardings=replicated),
       effective=jit(lambda params, opt_state, step: pgf.sparsify(
           params, recipe, pgf.at_step(opt_state, step)), out_shardings=param_shardings),
@@ -491,21 +509,49 @@ def _compile_steps(task: Task, recipe: pgf.Recipe, tx, lr_schedule, mesh, state_
                    out_shardings=param_shardings),
       sparsity=jit(lambda params, opt_state, step: matched_sparsity(
           params, recipe, opt_state, step), out_shardings=replicated),
-      batch_sharding=batch_sharding, eval_rows=sharding_lib.local_multiple(mesh))
+      batch_sharding=batch_sharding, eval_rows=sharding_lib.local_multiple(mesh),
+      eval_shapes=eval_shapes, replicated=replicated)
 
 
 def _evaluate(task: Task, fns: StepFns, mesh, state) -> dict[str, float]:
-  """Eval metrics of the current forward weights and of the deployed (finalized) model."""
+  """Eval metrics of the current forward weights and of the deployed (finalized) model.
+
+  Every eval step takes the running sums of the previous one and returns them updated, so the
+  steps form one chain of dependent programs. They used to be independent programs (each batch's
+  sums, added up by separate `jnp.add`s): with many batches, dozens of programs that each end
+  in a cross-process all-reduce were in flight at once, and XLA's CPU runtime starts a device's
+  part of a program as soon as its inputs are ready -- not in dispatch order -- so two devices
+  could enter the all-reduces of different programs, each waiting in gloo for the other: a hang
+  with no error (2 processes x 4 CPU devices, 38 eval batches). Chained, the all-reduces run
+  one at a time in the same order everywhere. GPUs and TPUs run each device's programs in
+  dispatch order (one stream or queue per device), so they never hung this way.
+  """
   out = {}
-  for kind, params in (("current", fns.effective(state["params"], state["opt_state"],
-                                                 state["step"])),
-                       ("deployed", fns.deployed(state["params"], state["opt_state"]))):
+  # The deployed weights are computed only after the current weights' sweep has finished
+  # (device_get below): dispatched up front, their program (collectives too, on sharded
+  # params) would be in flight next to the sweep's, which is the same hazard.
+  for kind, weights_of in (
+      ("current", lambda: fns.effective(state["params"], state["opt_state"], state["step"])),
+      ("deployed", lambda: fns.deployed(state["params"], state["opt_state"]))):
+    params = weights_of()
+    # Several processes: each eval step also waits for the previous one. The chain alone
+    # fixed data-parallel meshes, but with sharded weights (FSDP x model, 2 processes x 4 CPU
+    # devices) the 38-batch sweep still hung; one program in flight at a time does not.
+    one_at_a_time = jax.process_count() > 1
+    if one_at_a_time:
+      jax.block_until_ready(params)
     sums = None
+    model_state = state.get("model_state", {})
     for batch in task.eval_batches():
       batch = sharding_lib.global_batch(sharding_lib.pad_rows(batch, fns.eval_rows),
                                         fns.batch_sharding)
-      batch_sums = fns.eval_step(params, batch, state.get("model_state", {}))
-      sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
+      if sums is None:  # zeros of the sums' shapes, made on every process without a program
+        shapes = fns.eval_shapes(params, batch, model_state)
+        sums = jax.tree.map(lambda a: jax.make_array_from_callback(
+            a.shape, fns.replicated, lambda _, a=a: np.zeros(a.shape, a.dtype)), shapes)
+      sums = fns.eval_step(params, batch, model_state, sums)
+      if one_at_a_time:
+        jax.block_until_ready(sums)
     sums = jax.device_get(sums)
     count = max(float(sums.pop("count")), 1.0)
     tokens = max(float(sums.pop("tokens", count)), 1.0)
@@ -592,7 +638,7 @@ def _init_params_from(source: str, state, abstract_state, tx):
   if os.path.isdir(directory):
     with ocp.CheckpointManager(directory) as manager:
       steps = sorted(manager.all_steps())
-  step = checkpointing.agreed_newest_step(steps)
+  step = checkpointing.agreed_newest_step(steps, name="newest init_from checkpoint")
   if step is None:
     raise FileNotFoundError(f"config.init_from={source!r}: no checkpoint found under "
                             f"{directory}")
@@ -602,7 +648,8 @@ def _init_params_from(source: str, state, abstract_state, tx):
                           abstract_state["params"], source)
   except Exception as e:  # pylint: disable=broad-except  (orbax raises many types)
     error = e
-  if not multihost.agree_min(error is None):  # all raise; none waits for the others
+  # All raise; none waits for the others.
+  if not multihost.agree_min(error is None, "init_from params read everywhere", step):
     if isinstance(error, ValueError):
       raise error
     raise ValueError(f"config.init_from={source!r}: step {step} could not be read "

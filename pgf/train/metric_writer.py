@@ -32,7 +32,8 @@ class MetricWriter:
         self._tb = None
 
   def truncate_after(self, step: int) -> None:
-    """On resume: drop lines logged after the restored step (they will be logged again)."""
+    """On (re)start: drop lines logged after the step the run starts from (they will be
+    logged again); 0 when it starts from scratch."""
     if not self.enabled or not os.path.exists(self.path):
       return
     with open(self.path) as f:
