@@ -145,7 +145,14 @@ def compile_steps(config, topology: Topology, *, steps=("train", "eval")) -> Con
     shards = sharding_lib.batch_shard_count(mesh)
     rows = config.get("eval_batch_size") or config.batch_size
     rows = -(-rows // shards) * shards
-    results.append(_compile("eval", lambda: fns.eval_step.lower(
-        abstract_state["params"], batch_of(rows), abstract_state.get("model_state", {}))))
+    def lower_eval():
+      # The trainer's eval step carries the running sums in and out (see loop._evaluate).
+      params, batch = abstract_state["params"], batch_of(rows)
+      model_state = abstract_state.get("model_state", {})
+      sums = jax.tree.map(
+          lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=fns.replicated),
+          fns.eval_shapes(params, batch, model_state))
+      return fns.eval_step.lower(params, batch, model_state, sums)
+    results.append(_compile("eval", lower_eval))
   return ConfigResult(topology, results, notes, config.batch_size, micro,
                       config.model.get("remat", "none"), dict(mesh.shape), state_bytes)
