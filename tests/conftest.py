@@ -1,5 +1,23 @@
-"""Test setup: one CPU device for the main suite (the 8-device tests run in a subprocess)."""
+"""Test setup: one CPU device for the main suite (the 8-device tests run in a subprocess).
 
+A persistent JAX compilation cache, empty at the start of every pytest run and removed at its
+end, is shared by the run's tests and the subprocesses they start: many tests compile the same
+tiny programs (a demo's train step in a process and again in its rerun), and XLA's compile
+time is most of their cost. A cached executable is the compiled binary itself, so results are
+unchanged. Set JAX_COMPILATION_CACHE_DIR yourself to use (and keep) another directory.
+"""
+
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  # Set in the pytest process before xdist starts its workers, which inherit it.
+  _CACHE = tempfile.mkdtemp(prefix="pgf-tests-jax-cache-")
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE,
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")

@@ -137,11 +137,10 @@ def test_bad_topology_and_missing_flags_are_named():
   assert topology.resolve("2xv5e-16").chips == 32
 
 
-def test_suggestion_search_takes_the_first_variant_that_fits(monkeypatch):
+def test_suggestion_search_takes_the_first_variant_that_fits():
   """The search order and message, with the compiler replaced by a memory model (the real
   search is exercised in docs/aot.md's runs)."""
-  import types
-  from pgf.aot import __main__ as cli
+  from pgf.aot import search
   from pgf.aot import compile as aot_compile
   topo = topology.resolve("v4-8")
   usable = topo.chip.hbm_gib * 2**30 * aot_compile.USABLE_FRACTION
@@ -161,11 +160,10 @@ def test_suggestion_search_takes_the_first_variant_that_fits(monkeypatch):
       topo, [aot_compile.StepResult("train", False, 1.0, oom={"required": 70 * 2**30,
                                                                "available": 30.75 * 2**30})],
       [], 4096, 1, "none", {"data": 4, "fsdp": 1, "model": 1}, 2**30)
-  monkeypatch.setattr(cli, "FLAGS", types.SimpleNamespace(max_tries=6, steps=["train"]))
-  found, tried = cli._suggest(config, topo, failed, fake_compile, usable)
+  found, tried = search.suggest(config, topo, failed, fake_compile, usable, max_tries=6)
   # 2 micro-batches: 35 + 1 GiB > 30.4 usable; 4 fits and ends the search.
   assert [c for c, _, _ in tried] == [{"micro_batches": 2}, {"micro_batches": 4}]
   assert found[0] == {"micro_batches": 4}
   # 10x over: micro-batch counts that cannot be enough (2, 4) are not compiled.
   failed.steps[0].oom["required"] = 300 * 2**30
-  assert cli._variants(config, failed, usable)[0] == {"micro_batches": 8}
+  assert search.variants(config, failed, usable)[0] == {"micro_batches": 8}

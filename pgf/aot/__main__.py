@@ -26,6 +26,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the compile-only TPU client nee
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags
 
+from pgf.aot import search
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]); "
                                 "--config.FIELD=VALUE overrides as for pgf.main.")
@@ -97,78 +99,6 @@ def _collective_lines(step) -> list[str]:
     out.append(f"    {op:20} x{c['count']:<4} {c['bytes'] / 2**20:10.1f} MiB per device per "
                f"step (largest {c['largest'][0]}, {c['largest'][1] / 2**20:.1f} MiB)")
   return out
-
-
-def _variants(config, result, usable):
-  """Changes to try, cheapest first: more micro-batches (same global batch, same step count),
-  then rematerialised blocks, then FSDP over every device."""
-  from pgf.train import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
-  shards = 1
-  for axis in sharding_lib.BATCH_AXES:
-    shards *= result.mesh.get(axis, 1)
-  per_device = config.batch_size // shards
-  m0, r0 = config.get("micro_batches", 1), config.model.get("remat", "none")
-  ratio = max((s.oom.get("required", 0) / max(s.oom.get("available", 1), 1)
-               for s in result.steps if s.oom), default=1.0)
-  micro = []
-  k = m0 * 2
-  while per_device % k == 0 and k <= per_device:
-    micro.append(k)
-    k *= 2
-  # Temporaries shrink about linearly with the micro-batch: skip counts that cannot be enough.
-  likely = [k for k in micro if k / m0 >= ratio * 0.7] or micro[-1:]
-  out = [{"micro_batches": k} for k in likely[:3]]
-  for remat in ("dots", "block"):
-    if r0 == "none" or (r0 == "dots" and remat == "block"):
-      out.append({"model.remat": remat})
-      out += [{"model.remat": remat, "micro_batches": k} for k in micro[:3]]
-  if result.mesh.get("fsdp", 1) == 1 and shards > 1:
-    fsdp = {"mesh.data": 1, "mesh.fsdp": -1}
-    # The train state alone (params + optimizer moments, replicated) takes most of the chip:
-    # only sharding it helps, so FSDP goes first.
-    if result.state_bytes > 0.5 * usable:
-      out.insert(0, fsdp)
-    else:
-      out.append(fsdp)
-  return out
-
-
-def _apply(config, change):
-  new = copy.deepcopy(config)
-  with new.unlocked():
-    for key, value in change.items():
-      node = new
-      *parents, leaf = key.split(".")
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
-  return new
-
-
-def _flags_of(change) -> str:
-  return " ".join(f"--config.{k}={v}" for k, v in change.items())
-
-
-def _suggest(config, topo, result, compile_steps, usable):
-  tried = []
-  first_fit = None
-  # Only the steps that do not fit are recompiled.
-  failing = [s.name for s in result.steps if not (s.ok and s.peak_bytes <= usable)]
-  for change in _variants(config, result, usable)[:FLAGS.max_tries]:
-    candidate = _apply(config, change)
-    try:
-      r = compile_steps(candidate, topo, steps=failing)
-    except ValueError as e:  # the variant itself is invalid for this mesh: skip it
-      tried.append((change, None, str(e).split("\n")[-1]))
-      continue
-    peak = max((s.peak_bytes or 0) for s in r.steps)
-    tried.append((change, peak, "fits" if r.fits() else "does not fit"))
-    print(f"  tried {_flags_of(change)}: peak {_gib(peak)} GiB per device -> {tried[-1][2]}",
-          flush=True)
-    if r.fits():
-      first_fit = (change, r)
-      break
-  return first_fit, tried
 
 
 def main(argv):
@@ -244,12 +174,13 @@ def main(argv):
     if FLAGS.suggest:
       print("searching for the smallest change that fits (each variant is compiled):",
             flush=True)
-      found, tried = _suggest(config, topo, result, compile_steps, usable)
+      found, tried = search.suggest(config, topo, result, compile_steps, usable,
+                                    max_tries=FLAGS.max_tries)
       record["suggestion"] = {"tried": [(c, p, w) for c, p, w in tried],
                               "fits": found[0] if found else None}
       if found:
         print(f"pgf.aot: {FLAGS.topology} needs a change: the smallest that fits is "
-              f"{_flags_of(found[0])} (peak "
+              f"{search.flags_of(found[0])} (peak "
               f"{_gib(max(s.peak_bytes for s in found[1].steps))} GiB per chip)")
       else:
         print(f"pgf.aot: no tried change fits {FLAGS.topology}; use a larger slice, a smaller "
