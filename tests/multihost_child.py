@@ -54,6 +54,39 @@ def gathered(tree) -> dict:
   return {leaf_path(kp): np.asarray(x) for kp, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def cache_programs_on_every_process() -> None:
+  """Lets every process write its compiled programs to the test's persistent cache.
+
+  JAX writes entries from process 0 only, yet the key covers the process's own devices, so
+  process 1 never finds one and would compile every program again in every job of the module.
+  A harness shortcut only (pinned JAX internals; without them it does nothing): a cached
+  executable is the compiled program itself."""
+  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return
+  import inspect  # pylint: disable=g-import-not-at-top
+  import warnings  # pylint: disable=g-import-not-at-top
+  try:
+    from jax._src import compilation_cache, compiler  # pylint: disable=g-import-not-at-top
+    params = list(inspect.signature(compiler._cache_write).parameters)  # pylint: disable=protected-access
+  except (ImportError, AttributeError):
+    return
+  if params != ["cache_key", "compile_time_secs", "module_name", "backend", "executable",
+                "host_callbacks"] or not hasattr(compilation_cache, "put_executable_and_time"):
+    return
+
+  def cache_write(cache_key, compile_time_secs, module_name, backend, executable,
+                  host_callbacks):
+    if host_callbacks:
+      return
+    try:
+      compilation_cache.put_executable_and_time(cache_key, module_name, executable, backend,
+                                                int(compile_time_secs))
+    except Exception as e:  # pylint: disable=broad-except
+      warnings.warn(f"not cached: {module_name}: {e}")
+
+  compiler._cache_write = cache_write  # pylint: disable=protected-access
+
+
 def main():
   spec = json.loads(sys.argv[1])
   faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints where a hung process is
@@ -61,6 +94,7 @@ def main():
                       format="%(relativeCreated)6.0fms %(levelname)s %(message)s")
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  cache_programs_on_every_process()
   from pgf import main as pgf_main  # pylint: disable=g-import-not-at-top
   from pgf.train import loop as train  # pylint: disable=g-import-not-at-top
   from pgf.train import config_lib  # pylint: disable=g-import-not-at-top
