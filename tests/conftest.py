@@ -5,6 +5,12 @@ end, is shared by the run's tests and the subprocesses they start: many tests co
 tiny programs (a demo's train step in a process and again in its rerun), and XLA's compile
 time is most of their cost. A cached executable is the compiled binary itself, so results are
 unchanged. Set JAX_COMPILATION_CACHE_DIR yourself to use (and keep) another directory.
+
+XLA:CPU compiles the suite's programs with LLVM at optimisation level 1 (XLA_FLAGS, inherited
+by subprocesses): the programs are tiny, so compiling them is most of the suite's time, and
+level 1 compiles about 30% faster than the default. Every comparison in the suite runs both
+sides under the same flags. (On a tiny ViT demo run, level 1 gives bit-identical parameters to
+the default; evaluation sums may differ in the 7th digit.)
 """
 
 import atexit
@@ -13,6 +19,10 @@ import shutil
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+CPU_OPT_LEVEL = "--xla_backend_optimization_level"
+if CPU_OPT_LEVEL not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {CPU_OPT_LEVEL}=1".strip()
 
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   # Set in the pytest process before xdist starts its workers, which inherit it.

@@ -70,6 +70,8 @@ def process_env(process_id: int, num_processes: int, port: int) -> dict:
   env = {k: v for k, v in os.environ.items()
          if not k.startswith(("PGF_", "JAX_", "XLA_", "SLURM_", "OMPI_", "TPU_"))}
   env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(DEVICES // num_processes))
+  if "--xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", ""):  # conftest.py
+    env["XLA_FLAGS"] = os.environ["XLA_FLAGS"]
   if CACHE["dir"]:
     env.update(JAX_COMPILATION_CACHE_DIR=CACHE["dir"],
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")

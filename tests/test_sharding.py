@@ -143,7 +143,8 @@ def runs(tmp_path_factory):
         state["params"], np.int32(child.STEPS - 1)))
     single[model] = {"losses": child.train_losses(workdir), "summary": summary, "state": state}
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+             XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+                       "--xla_force_host_platform_device_count=8".strip())
   result = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "sharding_child.py"), base],
                           capture_output=True, text=True, timeout=900, env=env)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
