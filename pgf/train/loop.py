@@ -154,7 +154,7 @@ def preflight(config, process_index: int = 0, process_count: int = 1,
     total_steps = total_steps_of(config, task)
     try:
       recipe = build_recipe(config, total_steps)
-      abstract_params = jax.eval_shape(task.init_fn, jax.random.key(0))
+      abstract_params = task.params_shape()
       # SDGF-geometric's first stage k*N:k*M must divide each kernel: lower k per rule if not.
       recipe, notes = pgf.fit_sdgf_k(abstract_params, recipe)
       for note in notes:
@@ -203,7 +203,7 @@ def _train_and_evaluate(config, workdir: str, stop: dict[str, Any]) -> dict[str,
   task, recipe, total_steps = preflight(config, process_index, process_count)
   warmup_steps = steps_of(config, task, "warmup_steps", "warmup_epochs")
   rng = jax.random.key(config.seed)
-  abstract_params = jax.eval_shape(task.init_fn, rng)
+  abstract_params = task.params_shape()
   tx, lr_schedule = build_optimizer(config, recipe, total_steps, warmup_steps)
   mesh = sharding_lib.build_mesh(config.get("mesh"))
 

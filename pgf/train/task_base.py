@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Iterator
 
+import jax
 import jax.numpy as jnp
 
 Batch = dict[str, Any]
@@ -37,6 +38,8 @@ class Task:
       keeps it in the train state (checkpointed, sharded like the rest), passes it as
       `model_state=` to loss_fn, which returns (loss, (metrics, new model state)), and to
       eval_fn. None: the model is a pure function of its params.
+    abstract_params: the params' shapes and dtypes (`jax.eval_shape` of `init_fn`), if the
+      builder traced them already; `params_shape()` traces them otherwise, once per task.
   """
   name: str
   model: Any
@@ -49,6 +52,14 @@ class Task:
   init_fn: Callable
   extra_eval: Callable | None = None
   init_model_state: Callable | None = None
+  abstract_params: Any = dataclasses.field(default=None, repr=False, compare=False)
+
+  def params_shape(self):
+    """The params as `jax.ShapeDtypeStruct`s (they do not depend on the init rng): tracing a
+    large model's init takes seconds, and the checks before training and the loop share it."""
+    if self.abstract_params is None:
+      self.abstract_params = jax.eval_shape(self.init_fn, jax.random.key(0))
+    return self.abstract_params
 
   def eval_batches(self) -> Iterator[Batch]:
     return self.eval_source.eval_batches()

@@ -55,7 +55,8 @@ def classification_task(config, process_index: int = 0, process_count: int = 1,
   def init_model_state(rng):
     return {k: v for k, v in init_variables(rng).items() if k != "params"}
 
-  stateful = bool(jax.eval_shape(init_model_state, jax.random.key(0)))
+  abstract = jax.eval_shape(init_variables, jax.random.key(0))  # traced once, kept by the task
+  stateful = any(collection != "params" for collection in abstract)
 
   def loss_fn(params, batch, rng, train, model_state=None):
     images = pixels(batch["image"])
@@ -95,7 +96,8 @@ def classification_task(config, process_index: int = 0, process_count: int = 1,
             "count": jnp.sum(valid)}
 
   return Task("classification", model, train_source, eval_source, example, "image", loss_fn,
-              eval_fn, init_fn, init_model_state=init_model_state if stateful else None)
+              eval_fn, init_fn, init_model_state=init_model_state if stateful else None,
+              abstract_params=abstract["params"])
 
 
 def build_image_sources(config, process_index: int, process_count: int):
