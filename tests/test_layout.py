@@ -243,3 +243,19 @@ def test_checkpoint_from_before_the_move_resumes(tmp_path):
   assert summary["resumed_from"] == 2 and summary["final_step"] == 3
   assert np.isfinite(summary["deployed_loss"])
   assert not os.path.exists(os.path.join(workdir, "checkpoints_corrupt"))
+
+
+def test_every_module_imports_next_to_every_other():
+  """All pgf modules import together in one interpreter. Only pgf.main defines absl flags on
+  import; the other command lines (pgf.aot, pgf.deploy, ...) define theirs when run, so a
+  program or a test that imports pgf.main and a CLI module (a helper of pgf.aot's, say) never
+  meets a DuplicateFlagError."""
+  code = ("import importlib, pkgutil, pgf\n"
+          "names = sorted(m.name for m in pkgutil.walk_packages(pgf.__path__, 'pgf.'))\n"
+          "for name in names:\n"
+          "  importlib.import_module(name)\n"
+          "print(len(names))\n")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert int(result.stdout.split()[-1]) > 50  # every module was walked, CLIs included

@@ -29,17 +29,23 @@ from ml_collections import config_flags
 from pgf.aot import search
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]); "
-                                "--config.FIELD=VALUE overrides as for pgf.main.")
-flags.DEFINE_string("topology", None, "Cloud TPU slice: v4-8, v4-32, v5e-8 (v5litepod-8), "
-                    "v5e-16, v5p-8, v6e-8, 2xv5e-16 (two slices), or v4:2x2x1.")
-flags.DEFINE_string("compare", "", "'dense': also compile the config without sparsity "
-                    "(config.sparsity.rules = ()) and print sparse/dense ratios.")
-flags.DEFINE_list("steps", ["train", "eval"], "Steps to compile: train, eval.")
-flags.DEFINE_bool("suggest", True, "If a step does not fit, compile variants to find the "
-                  "smallest change that fits.")
-flags.DEFINE_integer("max_tries", 6, "Variants compiled at most by --suggest.")
-flags.DEFINE_string("json", "", "Also write the results to this JSON file.")
+
+
+def define_flags() -> None:
+  """The command line's flags, defined when it runs (`run`), not on import: importing this
+  module next to pgf.main (which defines --config too) must not clash."""
+  config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]); "
+                                  "--config.FIELD=VALUE overrides as for pgf.main.")
+  flags.DEFINE_string("topology", None, "Cloud TPU slice: v4-8, v4-32, v5e-8 (v5litepod-8), "
+                      "v5e-16, v5p-8, v6e-8, 2xv5e-16 (two slices), or v4:2x2x1.")
+  flags.DEFINE_string("compare", "", "'dense': also compile the config without sparsity "
+                      "(config.sparsity.rules = ()) and print sparse/dense ratios.")
+  flags.DEFINE_list("steps", ["train", "eval"], "Steps to compile: train, eval.")
+  flags.DEFINE_bool("suggest", True, "If a step does not fit, compile variants to find the "
+                    "smallest change that fits.")
+  flags.DEFINE_integer("max_tries", 6, "Variants compiled at most by --suggest.")
+  flags.DEFINE_string("json", "", "Also write the results to this JSON file.")
+
 
 GIB = 2**30
 
@@ -199,6 +205,7 @@ def _step_record(s):
 
 
 def run():
+  define_flags()
   logging.set_verbosity(logging.WARNING)
   app.run(lambda argv: sys.exit(main(argv)))
 

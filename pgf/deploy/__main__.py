@@ -14,15 +14,20 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]) for --report.")
-flags.DEFINE_bool("report", False, "Print the memory report of --config.")
-flags.DEFINE_bool("per_kernel", True, "With --report: one row per compressed kernel.")
-flags.DEFINE_string("workdir", None, "Training workdir to export (recipe.json, checkpoints/).")
-flags.DEFINE_string("out", None, "Output .safetensors file for --workdir.")
-flags.DEFINE_integer("step", -1, "Checkpoint step to export (default: the newest).")
-flags.DEFINE_string("verify", None, "A .safetensors file to load and check.")
-flags.DEFINE_string("dtype", "", "Value dtype: bfloat16 or float32. Default: bfloat16 for "
-                    "--report, the checkpoint's own (float32) for an export.")
+
+
+def define_flags() -> None:
+  """The command line's flags, defined when it runs, not on import: importing this module
+  next to pgf.main (which defines --config too) must not clash."""
+  config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]) for --report.")
+  flags.DEFINE_bool("report", False, "Print the memory report of --config.")
+  flags.DEFINE_bool("per_kernel", True, "With --report: one row per compressed kernel.")
+  flags.DEFINE_string("workdir", None, "Training workdir to export (recipe.json, checkpoints/).")
+  flags.DEFINE_string("out", None, "Output .safetensors file for --workdir.")
+  flags.DEFINE_integer("step", -1, "Checkpoint step to export (default: the newest).")
+  flags.DEFINE_string("verify", None, "A .safetensors file to load and check.")
+  flags.DEFINE_string("dtype", "", "Value dtype: bfloat16 or float32. Default: bfloat16 for "
+                      "--report, the checkpoint's own (float32) for an export.")
 
 
 def _report():
@@ -85,4 +90,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
