@@ -124,11 +124,7 @@ def lm_config(ff: str | None = "1:16", qk: str | None = None, qkv: str | None = 
     config.keep_checkpoints = 1
     config.optim.update(lr=3e-3, reference_batch=32, warmup_steps=30, min_lr=3e-4,
                         weight_decay=0.01)
-  if arg.batch > 0:
-    config.batch_size = arg.batch
-  if arg.steps > 0:
-    config.total_steps = arg.steps
-  return config
+  return config_lib.apply_size_args(config, arg)
 
 
 def problems(config) -> list[str]:

@@ -95,11 +95,7 @@ def resnet_config(nm: str = "1:8", arg: str | None = None) -> ml_collections.Con
     config.eval_batch_size = 1000
     config.total_steps = -1
     config.total_epochs = 200.0
-  if arg.batch > 0:
-    config.batch_size = arg.batch
-  if arg.steps > 0:
-    config.total_steps = arg.steps
-  return config
+  return config_lib.apply_size_args(config, arg)
 
 
 def problems(config) -> list[str]:

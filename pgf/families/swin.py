@@ -94,11 +94,7 @@ def swin_config(ff: str | None = "1:16", qk: str | None = None, qkv: str | None 
     config.batch_size = 128 * 16
     config.total_epochs = 350.0
     config.optim.warmup_epochs = 20.0
-  if arg.batch > 0:
-    config.batch_size = arg.batch
-  if arg.steps > 0:
-    config.total_steps = arg.steps
-  return config
+  return config_lib.apply_size_args(config, arg)
 
 
 def model_kwargs(model_config) -> dict:

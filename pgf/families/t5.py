@@ -125,11 +125,7 @@ def t5_config(ff: str | None = None, qk: str | None = None, qkv: str | None = No
       config.total_steps = 600
       config.eval_every = 300
       config.optim.update(lr=1e-3, reference_batch=32, warmup_steps=30)
-  if arg.batch > 0:
-    config.batch_size = arg.batch
-  if arg.steps > 0:
-    config.total_steps = arg.steps
-  return config
+  return config_lib.apply_size_args(config, arg)
 
 
 rules = t5_rules

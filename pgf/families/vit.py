@@ -107,11 +107,7 @@ def vit_config(ff: str | None = "1:16", qk: str | None = None, qkv: str | None =
     config.eval_batch_size = 1024
     config.total_steps = -1
     config.total_epochs = 350.0
-  if arg.batch > 0:
-    config.batch_size = arg.batch
-  if arg.steps > 0:
-    config.total_steps = arg.steps
-  return config
+  return config_lib.apply_size_args(config, arg)
 
 
 def problems(config) -> list[str]:

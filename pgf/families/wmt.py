@@ -94,8 +94,4 @@ def wmt_config(ff: str = "1:16", arg: str | None = None) -> ml_collections.Confi
     config.checkpoint_every = 400
     # The same schedule at the demo's scale: peak 0.02 / sqrt(100) = 2e-3 after 100 steps.
     config.optim.update(lr=0.02, reference_batch=32, warmup_steps=100)
-  if arg.batch > 0:
-    config.batch_size = arg.batch
-  if arg.steps > 0:
-    config.total_steps = arg.steps
-  return config
+  return config_lib.apply_size_args(config, arg)

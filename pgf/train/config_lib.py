@@ -46,6 +46,16 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(out)
 
 
+def apply_size_args(config, arg) -> ml_collections.ConfigDict:
+  """The config args `batch=B` and `steps=S` (when > 0) set the global batch and the step count;
+  every family applies them last, so they win over its own and its `:demo` defaults."""
+  if arg.get("batch", 0) > 0:
+    config.batch_size = arg.batch
+  if arg.get("steps", 0) > 0:
+    config.total_steps = arg.steps
+  return config
+
+
 def add_sharding(config, data: int = -1, fsdp: int = 1, model: int = 1, axis_types: str = "auto",
                  rules=None) -> ml_collections.ConfigDict:
   """Sets `config.mesh` and `config.sharding_rules` (see pgf/train/sharding.py); returns config.
