@@ -56,14 +56,7 @@ DEMO_SIZES = dict(emb_dim=96, num_heads=3, head_dim=32, mlp_dim=256, num_layers=
 
 def lm_rules(ff: str | None, qk: str | None = None, qkv: str | None = None):
   """Sparsity rules: FF at `ff`, plus Q/K (`qk`) or Q/K/V (`qkv`) at their patterns."""
-  rules = []
-  if ff:
-    rules.append((LM_FF, ff))
-  if qkv:
-    rules.append((LM_QKV, qkv))
-  elif qk:
-    rules.append((LM_QK, qk))
-  return tuple(rules)
+  return config_lib.transformer_rules(LM_FF, LM_QK, LM_QKV, ff, qk, qkv)
 
 
 def rules(ff: str | None, qk: str | None = None, qkv: str | None = None):

@@ -43,15 +43,9 @@ DEMO_SIZES = dict(embed_dim=32, depths=(2, 2, 2), num_heads=(2, 4, 8))
 
 
 def swin_rules(ff: str | None, qk: str | None = None, qkv: str | None = None):
-  rules = []
-  if ff:
-    rules.append((SWIN_FF, ff))
+  """Sparsity rules: FF at `ff`, plus Q/K (`qk`) or Q/K/V (`qkv`) at their patterns."""
   # Q/K/V kernels are (width, heads, head_dim): grouped along the input features, axis 0.
-  if qkv:
-    rules.append((SWIN_QKV, qkv, 0))
-  elif qk:
-    rules.append((SWIN_QK, qk, 0))
-  return tuple(rules)
+  return config_lib.transformer_rules(SWIN_FF, SWIN_QK, SWIN_QKV, ff, qk, qkv, attention_axis=0)
 
 
 rules = swin_rules

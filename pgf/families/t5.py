@@ -40,14 +40,8 @@ T5_DEMO_SIZES = dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256, num_enc
 
 
 def t5_rules(ff: str | None, qk: str | None = None, qkv: str | None = None):
-  rules = []
-  if ff:
-    rules.append((T5_FF, ff))
-  if qkv:
-    rules.append((T5_QKV, qkv))
-  elif qk:
-    rules.append((T5_QK, qk))
-  return tuple(rules)
+  """Sparsity rules: FF at `ff`, plus Q/K (`qk`) or Q/K/V (`qkv`) at their patterns."""
+  return config_lib.transformer_rules(T5_FF, T5_QK, T5_QKV, ff, qk, qkv)
 
 
 def t5_config(ff: str | None = None, qk: str | None = None, qkv: str | None = None,

@@ -34,15 +34,9 @@ SHARDING_RULES = (
 
 
 def vit_rules(ff: str | None, qk: str | None = None, qkv: str | None = None):
-  rules = []
-  if ff:
-    rules.append((VIT_FF, ff))
+  """Sparsity rules: FF at `ff`, plus Q/K (`qk`) or Q/K/V (`qkv`) at their patterns."""
   # Q/K/V kernels are (width, heads, head_dim): grouped along the input features, axis 0.
-  if qkv:
-    rules.append((VIT_QKV, qkv, 0))
-  elif qk:
-    rules.append((VIT_QK, qk, 0))
-  return tuple(rules)
+  return config_lib.transformer_rules(VIT_FF, VIT_QK, VIT_QKV, ff, qk, qkv, attention_axis=0)
 
 
 rules = vit_rules

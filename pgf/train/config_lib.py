@@ -46,6 +46,21 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(out)
 
 
+def transformer_rules(ff_pattern: str, qk_pattern: str, qkv_pattern: str, ff: str | None,
+                      qk: str | None = None, qkv: str | None = None,
+                      attention_axis: int | None = None) -> tuple:
+  """A transformer family's sparsity rules: its FF kernels (regex `ff_pattern`) at `ff`, plus
+  its Q/K (`qk_pattern`) or Q/K/V (`qkv_pattern`) kernels at `qk` or `qkv` (QKV wins), grouped
+  along `attention_axis` when given (else the rule's default axis)."""
+  rules = []
+  if ff:
+    rules.append((ff_pattern, ff))
+  attention = (qkv_pattern, qkv) if qkv else (qk_pattern, qk) if qk else None
+  if attention:
+    rules.append(attention if attention_axis is None else (*attention, attention_axis))
+  return tuple(rules)
+
+
 def apply_size_args(config, arg) -> ml_collections.ConfigDict:
   """The config args `batch=B` and `steps=S` (when > 0) set the global batch and the step count;
   every family applies them last, so they win over its own and its `:demo` defaults."""
