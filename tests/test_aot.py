@@ -1,7 +1,9 @@
 """Compile-only TPU checks (libtpu's compiler on this CPU, no TPU): the Pallas N:M kernel's Mosaic
-lowering, mixup without interconnect traffic, and `python -m pgf.aot`.
+lowering, mixup without interconnect traffic, and `python -m pgf.aot` (also for a GPU box,
+with the CUDA plugin's compile-only devices).
 
-Skipped where libtpu is not installed (`pip install -e ".[tpu]"`).
+Skipped where libtpu is not installed (`pip install -e ".[tpu]"`); the GPU test where the CUDA
+plugin is not (`pip install -e ".[gpu-aot]"`).
 """
 
 import jax
@@ -92,8 +94,8 @@ TINY = ["--config=" + os.path.join(ROOT, "configs", "vit_1_16.py") + ":demo",
         "--config.model.num_heads=2", "--config.model.mlp_dim=64"]
 
 
-def _aot(*args, timeout=300):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+def _aot(*args, timeout=300, env=None):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, **(env or {})}
   proc = subprocess.run([sys.executable, "-m", "pgf.aot", *args], capture_output=True,
                         text=True, timeout=timeout, env=env, cwd=ROOT)
   return proc.returncode, proc.stdout, proc.stderr
@@ -135,6 +137,43 @@ def test_bad_topology_and_missing_flags_are_named():
   assert topology.resolve("v5litepod-16").hosts == 4
   assert topology.resolve("v4-32").hosts == 4 and topology.resolve("v4-32").chips == 16
   assert topology.resolve("2xv5e-16").chips == 32
+  h100 = topology.resolve("h100-16")
+  assert (h100.chips, h100.hosts, h100.topology_name) == (16, 2, "1x2x8")
+  assert topology.resolve("a100-4").hosts == 1
+  for bad, words in (("h100-6", "1, 2, 4 or 8 on one host"), ("b900-8", "not a known GPU box"),
+                     ("2xh100-8", "several slices are a TPU notion")):
+    with pytest.raises(ValueError, match=words):
+      topology.resolve(bad)
+
+
+# The CUDA plugin, installed apart so that other jax processes do not load it (.ci/run:
+# pip install --target .gpu-aot -r requirements-gpu-aot.txt), or in this environment.
+GPU_AOT = os.environ.get("PGF_GPU_AOT_PATH", os.path.join(ROOT, ".gpu-aot"))
+
+
+@pytest.mark.skipif(not (topology.cuda_plugin_available() or
+                         os.path.isdir(os.path.join(GPU_AOT, "jax_plugins", "xla_cuda12"))),
+                    reason="CUDA plugin not installed (pip install -e '.[gpu-aot]', or "
+                           "pip install --target .gpu-aot -r requirements-gpu-aot.txt)")
+def test_tiny_config_compiles_for_a_gpu_box(tmp_path):
+  """An 8-GPU H100 box, compile-only: the memory comes from XLA's GPU compiler (it has no cost
+  model), and the pool JAX would pre-allocate decides the fit: shrunk to 1e-6 of 80 GiB
+  (86 KB), the tiny ViT's step no longer fits and the exit status says so."""
+  out = tmp_path / "aot.json"
+  env = {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.000001",
+         "PYTHONPATH": ROOT + os.pathsep + GPU_AOT}
+  rc, stdout, stderr = _aot(*TINY, "--topology=h100-8", "--steps=train", "--nosuggest",
+                            f"--json={out}", env=env)
+  assert rc == 1, stdout + stderr
+  assert "8 H100 GPUs" in stdout and "the GPU compiler gives no cost analysis" in stdout
+  assert "DOES NOT FIT: the train step needs" in stdout
+  record = json.loads(out.read_text())
+  assert record["chips"] == 8 and record["mesh"]["data"] == 8 and not record["fits"]
+  train = record["steps"][0]
+  assert train["ok"] and train["flops"] is None
+  assert train["peak_bytes"] > record["usable_gib"] * 2**30 > 0
+  assert train["memory"]["temp"] > 0 and train["memory"]["aliased"] > 0  # the donated state
+  assert "all-reduce" in train["collectives"]  # data-parallel gradients over the 8 GPUs
 
 
 def test_suggestion_search_takes_the_first_variant_that_fits():
@@ -143,7 +182,7 @@ def test_suggestion_search_takes_the_first_variant_that_fits():
   from pgf.aot import search
   from pgf.aot import compile as aot_compile
   topo = topology.resolve("v4-8")
-  usable = topo.chip.hbm_gib * 2**30 * aot_compile.USABLE_FRACTION
+  usable = topology.usable_bytes(topo.chip)
 
   def fake_compile(config, topo, steps=("train",)):
     # Temporaries of 70 GiB over the micro-batch count; "block" remat divides them by 3.

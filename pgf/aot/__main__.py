@@ -1,16 +1,19 @@
-"""`python -m pgf.aot`: will this config fit that TPU slice? Compiled here, no TPU needed.
+"""`python -m pgf.aot`: will this config fit that TPU slice or GPU box? Compiled here, no
+accelerator needed.
 
   python -m pgf.aot --config=configs/vit_1_16.py --topology=v4-8
   python -m pgf.aot --config=configs/t5_1_8_qkv_1_8.py --topology=v5e-8 --compare=dense
   python -m pgf.aot --config=configs/vit_1_16.py --topology=v4-8 --config.micro_batches=4
+  python -m pgf.aot --config=configs/vit_1_16.py --topology=h100-8
 
 Compiles the train and eval steps exactly as `python -m pgf.main` would build them on that
 slice (global batch, mesh, shardings, processes = hosts of the slice; abstract inputs, so no
-data or weights are read), with libtpu's compile-only TPU client, and prints per device:
+data or weights are read), with libtpu's compile-only TPU client (GPU boxes: the CUDA plugin's
+compile-only devices; the GPU compiler gives memory only, no cost model), and prints per device:
 memory (arguments, outputs, temporaries, code) against the chip's HBM, the compiler's flops and
 bytes per step, roofline estimates of the step time and MFU from the chip's datasheet peaks,
 and the collectives in the compiled HLO. Exit status: 0 fits, 1 does not fit, 2 cannot check
-(bad flag, invalid config, libtpu missing). When a step does not fit, it compiles variants
+(bad flag, invalid config, compiler missing). When a step does not fit, it compiles variants
 (more micro-batches, rematerialised blocks, FSDP) and names the smallest change that fits.
 """
 
@@ -120,18 +123,20 @@ def main(argv):
   except ValueError as e:
     print(f"pgf.aot: {e}", file=sys.stderr)
     return 2
-  if not topo_lib.libtpu_available():
-    print(f"pgf.aot: {topo_lib.INSTALL_HINT}", file=sys.stderr)
+  if not topo_lib.compiler_available(topo.chip):
+    print(f"pgf.aot: {topo_lib.install_hint(topo.chip)}", file=sys.stderr)
     return 2
   if FLAGS.compare not in ("", "dense"):
     print(f"pgf.aot: --compare={FLAGS.compare!r}: only 'dense' is supported", file=sys.stderr)
     return 2
-  from pgf.aot.compile import USABLE_FRACTION, compile_steps  # pylint: disable=g-import-not-at-top
+  from pgf.aot.compile import compile_steps  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
   chip = topo.chip
-  usable = chip.hbm_gib * GIB * USABLE_FRACTION
+  usable = topo_lib.usable_bytes(chip)
+  pool = ("JAX's GPU pool, XLA_PYTHON_CLIENT_MEM_FRACTION" if chip.platform == "gpu"
+          else "XLA keeps the rest")
   print(f"pgf.aot: {topo.describe()}; usable per chip {usable / GIB:.2f} GiB "
-        f"({USABLE_FRACTION:.0%} of HBM)", flush=True)
+        f"({usable / (chip.hbm_gib * GIB):.0%} of HBM: {pool})", flush=True)
   try:
     result = compile_steps(config, topo, steps=FLAGS.steps)
   except ValueError as e:
@@ -147,8 +152,10 @@ def main(argv):
   print("per-device memory, GiB (compiler memory_analysis):")
   print("\n".join(_step_lines(result, usable)))
   print("compute (estimates, not measurements):")
+  if not any(s.flops for s in result.steps if s.ok):
+    print(f"  none: the {chip.platform.upper()} compiler gives no cost analysis")
   for s in result.steps:
-    if s.ok:
+    if s.ok and _estimates(s, chip):
       print("\n".join(_estimates(s, chip)))
   print("collectives in the compiled HLO:")
   for s in result.steps:
@@ -166,9 +173,10 @@ def main(argv):
     record["dense"] = [_step_record(s) for s in dense.steps]
     for s, d in zip(result.steps, dense.steps):
       if s.ok and d.ok:
-        ratios = {"flops": s.flops / max(d.flops, 1), "bytes": s.bytes_accessed /
-                  max(d.bytes_accessed, 1), "peak memory": s.peak_bytes / max(d.peak_bytes, 1)}
-        print(f"  {s.name}: " + ", ".join(f"{k} {v:.4f}x" for k, v in ratios.items()))
+        pairs = {"flops": (s.flops, d.flops), "bytes": (s.bytes_accessed, d.bytes_accessed),
+                 "peak memory": (s.peak_bytes, d.peak_bytes)}
+        print(f"  {s.name}: " + ", ".join(  # the GPU compiler has no cost model: no flops/bytes
+            f"{k} {a / b:.4f}x" if a and b else f"{k} n/a" for k, (a, b) in pairs.items()))
   fits = result.fits()
   if fits:
     print(f"FITS: every step fits {topo.name} with "

@@ -1,9 +1,11 @@
-"""Compile the trainer's own train and eval steps for a TPU slice this machine does not have.
+"""Compile the trainer's own train and eval steps for a TPU slice or GPU box this machine does
+not have.
 
 `compile_steps(config, topology)` builds exactly what `pgf.train.train_and_evaluate` builds
 (preflight, optimizer, mesh over the slice's devices, state shardings, the jitted steps of
 `pgf.train._compile_steps`, gradient accumulation and remat included) with abstract inputs,
-and compiles them with libtpu's compile-only client. Nothing is allocated or run.
+and compiles them with libtpu's (or the CUDA plugin's) compile-only client. Nothing is
+allocated or run.
 """
 
 from __future__ import annotations
@@ -16,13 +18,10 @@ import jax
 import numpy as np
 
 from pgf.aot import hlo, standins
-from pgf.aot.topology import Topology
+from pgf.aot.topology import Topology, usable_bytes
 
-__all__ = ["StepResult", "ConfigResult", "compile_steps", "USABLE_FRACTION", "parse_oom"]
+__all__ = ["StepResult", "ConfigResult", "compile_steps", "parse_oom"]
 
-# XLA keeps part of HBM for itself (v4: 30.75 of 32 GiB usable); a step that needs more than
-# this fraction of the datasheet HBM is reported as not fitting.
-USABLE_FRACTION = 0.95
 GIB = 2**30
 
 
@@ -60,7 +59,7 @@ class ConfigResult:
   state_bytes: int = 0               # per device: params + optimizer state (+ model state)
 
   def fits(self) -> bool:
-    usable = self.topology.chip.hbm_gib * GIB * USABLE_FRACTION
+    usable = usable_bytes(self.topology.chip)
     return all(s.ok and s.peak_bytes is not None and s.peak_bytes <= usable for s in self.steps)
 
 
@@ -99,8 +98,9 @@ def _compile(name: str, lowered_fn) -> StepResult:
   memory = {"arguments": int(mem.argument_size_in_bytes), "outputs": int(mem.output_size_in_bytes),
             "aliased": int(mem.alias_size_in_bytes), "temp": int(mem.temp_size_in_bytes),
             "code": int(mem.generated_code_size_in_bytes)}
-  return StepResult(name, True, seconds, memory, float(cost.get("flops", 0.0)),
-                    float(cost.get("bytes accessed", 0.0)),
+  flops, moved = cost.get("flops"), cost.get("bytes accessed")  # None: no cost model (GPU)
+  return StepResult(name, True, seconds, memory, None if flops is None else float(flops),
+                    None if moved is None else float(moved),
                     hlo.summarize(hlo.collectives(compiled.as_text())))
 
 
