@@ -186,15 +186,18 @@ def test_suggestion_search_takes_the_first_variant_that_fits():
 
   def fake_compile(config, topo, steps=("train",)):
     # Temporaries of 70 GiB over the micro-batch count; "block" remat divides them by 3.
-    temp = 70 * 2**30 / config.get("micro_batches", 1)
-    temp /= 3 if config.model.get("remat", "none") == "block" else 1
+    k = train.micro_batches_of(config, type("Mesh", (), {"shape": {"data": 4, "fsdp": 1}})())
+    temp = 70 * 2**30 / k / (3 if config.model.get("remat", "none") == "block" else 1)
     step = aot_compile.StepResult("train", True, 1.0, dict(arguments=2**30, outputs=0,
                                                           aliased=0, temp=int(temp), code=0))
-    return aot_compile.ConfigResult(topo, [step], [], config.batch_size, 1, "none",
+    return aot_compile.ConfigResult(topo, [step], [], config.batch_size, k, "none",
                                     {"data": 4, "fsdp": 1, "model": 1}, 2**30)
 
   from test_train_vit import load_config
+  from pgf.train import loop as train
   config = load_config(os.path.join(ROOT, "configs", "vit_1_16.py"))  # batch 4096
+  with config.unlocked():
+    config.device_micro_batch = 0  # the count given directly (config.micro_batches)
   failed = aot_compile.ConfigResult(
       topo, [aot_compile.StepResult("train", False, 1.0, oom={"required": 70 * 2**30,
                                                                "available": 30.75 * 2**30})],
@@ -203,6 +206,14 @@ def test_suggestion_search_takes_the_first_variant_that_fits():
   # 2 micro-batches: 35 + 1 GiB > 30.4 usable; 4 fits and ends the search.
   assert [c for c, _, _ in tried] == [{"micro_batches": 2}, {"micro_batches": 4}]
   assert found[0] == {"micro_batches": 4}
+  # A config sized per device (as shipped: at most 128 per chip) is changed in that field, since
+  # micro_batches next to it is refused: 1024 per chip, 2 then 4 micro-batches.
+  with config.unlocked():
+    config.device_micro_batch = 1024
+  found, tried = search.suggest(config, topo, failed, fake_compile, usable, max_tries=6)
+  assert [c for c, _, _ in tried] == [{"device_micro_batch": 512}, {"device_micro_batch": 256}]
+  with config.unlocked():
+    config.device_micro_batch = 0
   # 10x over: micro-batch counts that cannot be enough (2, 4) are not compiled.
   failed.steps[0].oom["required"] = 300 * 2**30
   assert search.variants(config, failed, usable)[0] == {"micro_batches": 8}

@@ -3,7 +3,7 @@ accelerator needed.
 
   python -m pgf.aot --config=configs/vit_1_16.py --topology=v4-8
   python -m pgf.aot --config=configs/t5_1_8_qkv_1_8.py --topology=v5e-8 --compare=dense
-  python -m pgf.aot --config=configs/vit_1_16.py --topology=v4-8 --config.micro_batches=4
+  python -m pgf.aot --config=configs/vit_1_16.py --topology=v4-8 --config.device_micro_batch=256
   python -m pgf.aot --config=configs/vit_1_16.py --topology=h100-8
 
 Compiles the train and eval steps exactly as `python -m pgf.main` would build them on that

@@ -25,7 +25,13 @@ def variants(config, result, usable):
   for axis in sharding_lib.BATCH_AXES:
     shards *= result.mesh.get(axis, 1)
   per_device = config.batch_size // shards
-  m0, r0 = config.get("micro_batches", 1), config.model.get("remat", "none")
+  m0, r0 = result.micro_batches, config.model.get("remat", "none")
+  # A config that sizes micro-batches per device (config.device_micro_batch) gets its change
+  # in that field: setting micro_batches next to it would be refused.
+  per_micro = (config.get("device_micro_batch", 0) or 0) > 0
+
+  def count(k):
+    return {"device_micro_batch": per_device // k} if per_micro else {"micro_batches": k}
   ratio = max((s.oom.get("required", 0) / max(s.oom.get("available", 1), 1)
                for s in result.steps if s.oom), default=1.0)
   micro = []
@@ -35,11 +41,11 @@ def variants(config, result, usable):
     k *= 2
   # Temporaries shrink about linearly with the micro-batch: skip counts that cannot be enough.
   likely = [k for k in micro if k / m0 >= ratio * 0.7] or micro[-1:]
-  out = [{"micro_batches": k} for k in likely[:3]]
+  out = [count(k) for k in likely[:3]]
   for remat in ("dots", "block"):
     if r0 == "none" or (r0 == "dots" and remat == "block"):
       out.append({"model.remat": remat})
-      out += [{"model.remat": remat, "micro_batches": k} for k in micro[:3]]
+      out += [{"model.remat": remat, **count(k)} for k in micro[:3]]
   if result.mesh.get("fsdp", 1) == 1 and shards > 1:
     fsdp = {"mesh.data": 1, "mesh.fsdp": -1}
     # The train state alone (params + optimizer moments, replicated) takes most of the chip:

@@ -86,6 +86,10 @@ def swin_config(ff: str | None = "1:16", qk: str | None = None, qkv: str | None 
   else:
     config.data.image_size = 256
     config.batch_size = 128 * 16
+    # At most 32 images per data-parallel chip per micro-batch (v4-8: 16 micro-batches, v5e-8:
+    # 8, v4-32: 4): SwinV2-B's window attention at 256 px holds several times ViT-B's
+    # activations per image (compiled without a TPU: docs/aot.md).
+    config.device_micro_batch = 32
     config.total_epochs = 350.0
     config.optim.warmup_epochs = 20.0
   return config_lib.apply_size_args(config, arg)

@@ -91,8 +91,8 @@ def add_memory_fields(config) -> ml_collections.ConfigDict:
   `--config.micro_batches=4` etc. work on the command line:
 
     micro_batches        gradient accumulation over this many micro-batches (1: off);
-    device_micro_batch   > 0: instead, micro-batches of this many examples per data-parallel
-                         device (the count then follows the slice size);
+    device_micro_batch   > 0: instead, micro-batches of at most this many examples per
+                         data-parallel device (the count then follows the slice size);
     model.remat          "none" | "dots" | "block": rematerialised transformer blocks.
   """
   if "micro_batches" not in config:
@@ -170,8 +170,13 @@ def validate(config, process_count: int = 1, device_count: int = 1,
     problems.append(f"config.micro_batches={micro} does not divide config.batch_size={batch}")
   per_micro = config.get("device_micro_batch", 0)
   if not isinstance(per_micro, int) or isinstance(per_micro, bool) or per_micro < 0:
-    problems.append(f"config.device_micro_batch={per_micro!r}: an int >= 0 (examples per "
-                    "device per micro-batch; 0 = use config.micro_batches)")
+    problems.append(f"config.device_micro_batch={per_micro!r}: an int >= 0 (at most this many "
+                    "examples per device per micro-batch; 0 = use config.micro_batches)")
+  elif per_micro > 0 and isinstance(micro, int) and micro > 1:
+    # Either one decides the count; taking one and ignoring the other would be silent.
+    problems.append(f"config.micro_batches={micro} and config.device_micro_batch={per_micro} "
+                    "both set the gradient-accumulation count: set one, the other to its off "
+                    "value (--config.device_micro_batch=0 to give the count yourself)")
   steps = config.get("total_steps", -1)
   epochs = config.get("total_epochs", 0.0)
   need((isinstance(steps, int) and steps > 0) or (not steps or steps < 0) and epochs > 0,

@@ -372,20 +372,23 @@ class StepFns(NamedTuple):
 
 def micro_batches_of(config, mesh) -> int:
   """Gradient-accumulation micro-batches per step: `config.micro_batches`, or, when
-  `config.device_micro_batch` > 0, as many as keep each data-parallel device at that many
-  examples per micro-batch (so one config fits slices of any size: v4-8 with 1024 examples per
-  chip and 128 per micro-batch accumulates 8, v4-32 with 256 accumulates 2)."""
+  `config.device_micro_batch` > 0, the fewest that keep each data-parallel device at no more
+  than that many examples per micro-batch (so one config fits slices of any size: 4096 images
+  with at most 128 per chip accumulate 8 micro-batches on a v4-8, 2 on a v4-32, none on a v4-64)."""
   per_micro = config.get("device_micro_batch", 0) or 0
   if per_micro <= 0:
     return config.get("micro_batches", 1)
-  per_device = config.batch_size // sharding_lib.batch_shard_count(mesh)
-  if per_device <= per_micro:
-    return 1
-  if per_device % per_micro:
-    raise ValueError(f"config.device_micro_batch={per_micro} does not divide the "
-                     f"{per_device} examples each data-parallel device holds of "
-                     f"config.batch_size={config.batch_size}")
-  return per_device // per_micro
+  return fewest_micro_batches(config.batch_size // sharding_lib.batch_shard_count(mesh),
+                              per_micro)
+
+
+def fewest_micro_batches(per_device: int, at_most: int) -> int:
+  """The smallest k that divides `per_device` examples into k equal micro-batches of at most
+  `at_most` each (1000 examples, at most 128: 8 of 125)."""
+  k = max(1, -(-per_device // at_most))
+  while per_device % k:
+    k += 1
+  return k
 
 
 def _micro_batches(batch, k: int, mesh):

@@ -397,11 +397,6 @@ def config_problems(config, device_count: int) -> list[str]:
                       f"{sizes['data']} x {sizes['fsdp']})")
     micro = config.get("micro_batches", 1)
     per_micro = config.get("device_micro_batch", 0) or 0
-    if (isinstance(per_micro, int) and per_micro > 0 and not batch % shards
-        and batch // shards > per_micro and (batch // shards) % per_micro):
-      problems.append(f"config.device_micro_batch={per_micro} does not divide the "
-                      f"{batch // shards} examples each of the {shards} data-parallel devices "
-                      f"holds of config.batch_size={batch}")
     if (not per_micro and isinstance(micro, int) and micro > 1 and not batch % shards
         and (batch // shards) % micro):
       problems.append(f"config.micro_batches={micro}: each of the {shards} data-parallel "
