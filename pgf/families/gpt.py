@@ -82,14 +82,8 @@ def lm_config(ff: str | None = "1:16", qk: str | None = None, qkv: str | None = 
       **{field: config_dict.placeholder(int) for field in gpt.SIZE_FIELDS}))
   config.sparsity = config_lib.sparsity_config(arg.method, () if pretrain else lm_rules(ff, qk, qkv))
   config.z_loss = 1e-4
-  config.log_every = 100
-  config.eval_every = 5000
-  config.checkpoint_every = 2000
-  config.keep_checkpoints = 3
-  config.async_checkpointing = True
-  config.init_from = ""
-  config.noise_every = 0
-  config_lib.add_sharding(config, rules=SHARDING_RULES)
+  config_lib.add_run_fields(config, eval_every=5000, checkpoint_every=2000,
+                            sharding_rules=SHARDING_RULES)
   config.total_epochs = 0.0
   # tokenizer: "byte", or a SentencePiece model (`python -m pgf.data.lm --vocab=PATH` builds the
   # 32k one model.vocab_size assumes; 32,000 is a multiple of 128 already).

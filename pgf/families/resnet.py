@@ -64,14 +64,8 @@ def resnet_config(nm: str = "1:8", arg: str | None = None) -> ml_collections.Con
       b1=0.9, b2=0.999, weight_decay=0.05, grad_clip=0.0, min_lr=1e-6))
   config.loss = "softmax_xent"
   config.label_smoothing = 0.0
-  config.log_every = 100
-  config.eval_every = 5000
-  config.checkpoint_every = 1000
-  config.keep_checkpoints = 3
-  config.async_checkpointing = True
-  config.init_from = ""
-  config.noise_every = 0
-  config_lib.add_sharding(config, rules=SHARDING_RULES)
+  config_lib.add_run_fields(config, eval_every=5000, checkpoint_every=1000,
+                            sharding_rules=SHARDING_RULES)
   if arg.demo:
     # A 4-stage bottleneck ResNet (one block per stage, width 16: 64..512 channels out) on
     # sklearn's 8x8 digits upsampled to 16x16, CIFAR stem; float32 on a CPU.

@@ -65,14 +65,8 @@ def t5_config(ff: str | None = None, qk: str | None = None, qkv: str | None = No
   config.sparsity = config_lib.sparsity_config(
       arg.method, () if pretrain else t5_rules(ff, qk, qkv), dense_fraction=0.1)
   config.z_loss = 1e-4  # t5x's default
-  config.log_every = 100
-  config.eval_every = 5000
-  config.checkpoint_every = 5000
-  config.keep_checkpoints = 3
-  config.async_checkpointing = True
-  config.init_from = ""
-  config.noise_every = 0
-  config_lib.add_sharding(config, rules=SHARDING_RULES)
+  config_lib.add_run_fields(config, eval_every=5000, checkpoint_every=5000,
+                            sharding_rules=SHARDING_RULES)
   config.total_epochs = 0.0
   data = dict(data_dir="", tokenizer="byte", num_extra_ids=100, target_length=0,
               num_eval_examples=0, eval_split="", tfds_name="", noise_density=0.15,

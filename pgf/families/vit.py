@@ -63,14 +63,8 @@ def vit_config(ff: str | None = "1:16", qk: str | None = None, qkv: str | None =
   config.label_smoothing = 0.0
   config.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.5, cutmix_alpha=0.0,
                                                 switch_prob=0.5, prob=1.0))
-  config.log_every = 100
-  config.eval_every = 5000
-  config.checkpoint_every = 1000
-  config.keep_checkpoints = 3
-  config.async_checkpointing = True
-  config.init_from = ""
-  config.noise_every = 0  # > 0: log gradient-noise statistics (paper §4) every this many steps
-  config_lib.add_sharding(config, rules=SHARDING_RULES)
+  config_lib.add_run_fields(config, eval_every=5000, checkpoint_every=1000,
+                            sharding_rules=SHARDING_RULES)
   if arg.demo:
     # A small ViT on sklearn's 1797 real 8x8 digits, upsampled to 16x16 (16 patches of 4x4).
     config.data = ml_collections.ConfigDict(dict(name=arg.dataset or "digits", image_size=16,

@@ -56,14 +56,8 @@ def wmt_config(ff: str = "1:16", arg: str | None = None) -> ml_collections.Confi
   config.sparsity = config_lib.sparsity_config(arg.method, t5.t5_rules(ff))
   config.z_loss = 0.0  # plain token cross-entropy
   config.train_from_scratch = True  # translation is trained from a fresh init, no init_from
-  config.log_every = 100
-  config.eval_every = 10_000
-  config.checkpoint_every = 5000
-  config.keep_checkpoints = 3
-  config.async_checkpointing = True
-  config.init_from = ""
-  config.noise_every = 0
-  config_lib.add_sharding(config, rules=SHARDING_RULES)
+  config_lib.add_run_fields(config, eval_every=10_000, checkpoint_every=5000,
+                            sharding_rules=SHARDING_RULES)
   config.total_epochs = 0.0
   # tokenizer: the shared 32k SentencePiece model, `python -m pgf.data.wmt --vocab=PATH` builds it.
   # bleu_examples > 0: greedy-decode that many newstest2014 sentences per evaluation for BLEU.

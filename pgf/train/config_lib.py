@@ -71,6 +71,22 @@ def apply_size_args(config, arg) -> ml_collections.ConfigDict:
   return config
 
 
+def add_run_fields(config, *, eval_every: int, checkpoint_every: int, sharding_rules,
+                   log_every: int = 100, keep_checkpoints: int = 3) -> ml_collections.ConfigDict:
+  """The run fields every family's config shares: logging, evaluation and checkpoint cadence
+  (in steps), asynchronous checkpoints (the last `keep_checkpoints` kept), no `init_from`
+  workdir, gradient-noise statistics off (`noise_every` > 0: every this many steps, paper §4),
+  then the mesh and the family's sharding rules (`add_sharding`); returns config."""
+  config.log_every = log_every
+  config.eval_every = eval_every
+  config.checkpoint_every = checkpoint_every
+  config.keep_checkpoints = keep_checkpoints
+  config.async_checkpointing = True
+  config.init_from = ""
+  config.noise_every = 0
+  return add_sharding(config, rules=sharding_rules)
+
+
 def add_sharding(config, data: int = -1, fsdp: int = 1, model: int = 1, axis_types: str = "auto",
                  rules=None) -> ml_collections.ConfigDict:
   """Sets `config.mesh` and `config.sharding_rules` (see pgf/train/sharding.py); returns config.
