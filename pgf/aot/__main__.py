@@ -114,6 +114,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   from pgf.aot import topology as topo_lib  # pylint: disable=g-import-not-at-top
+  # Compile-only: no backend but the CPU is opened. Importing pgf has imported jax already, so
+  # the default above came too late for jax's own reading of JAX_PLATFORMS: set it here,
+  # before any backend starts (the CUDA plugin then registers without looking for a GPU).
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_platforms", os.environ.get("JAX_PLATFORMS") or "cpu")
   if FLAGS.config is None or not FLAGS.topology:
     print("pgf.aot: --config=configs/X.py and --topology=SLICE are required (e.g. "
           f"--topology=v4-8; slices: {topo_lib.TOPOLOGY_EXAMPLES})", file=sys.stderr)
@@ -139,7 +144,7 @@ def main(argv):
         f"({usable / (chip.hbm_gib * GIB):.0%} of HBM: {pool})", flush=True)
   try:
     result = compile_steps(config, topo, steps=FLAGS.steps)
-  except ValueError as e:
+  except (ValueError, RuntimeError) as e:
     print(f"pgf.aot: {e}", file=sys.stderr)
     return 2
   shards = result.mesh.get("data", 1) * result.mesh.get("fsdp", 1)

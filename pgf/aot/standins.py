@@ -2,8 +2,9 @@
 
 `pgf.aot` compiles the trainer's steps from abstract inputs; the task still wants its data
 source for shapes (image size, classes, sequence lengths) and a tokenizer for the vocabulary
-size. Where the real one cannot be opened (an ImageNet, C4 or WMT config on a laptop), these
-stand in with the same shapes and sizes, and `notes` says what was assumed.
+size. Where the real one cannot be opened (an ImageNet, C4, WMT or lm1b config on a laptop), or
+the config leaves a SentencePiece model for the user to name, these stand in with the same
+shapes and sizes, and `notes` says what was assumed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ __all__ = ["data_free"]
 
 IMAGE_TRAIN_SIZES = {"imagenet2012": 1_281_167, "cifar10": 50_000}
 T5_SENTENCEPIECE_PIECES = 32_000  # T5's cc_all.32000 model (+ num_extra_ids sentinels)
+# What config.data.tokenizer="" (a SentencePiece model the user builds and names; the config
+# checks refuse an empty path) becomes while compiling: a path no file has, so that building
+# the tokenizer fails and the stand-in vocabulary takes over.
+NO_TOKENIZER = "<no SentencePiece model given: stand-in>"
 
 
 class _ImageSource:
@@ -97,13 +102,55 @@ def data_free(config, notes: list[str]):
                  f"inputs {data.input_length}, targets {target}")
     return _TextSource(data.input_length, target, config.batch_size, tok)
 
+  # The decoder-only LM family builds its own tokenizer and token source (pgf/families/gpt.py).
+  from pgf.data import lm  # pylint: disable=g-import-not-at-top
+  from pgf.families import gpt  # pylint: disable=g-import-not-at-top
+  real_lm_tokenizer, real_lm_source, real_counts = gpt.build_tokenizer, gpt.build_source, \
+      lm.byte_counts
+
+  def lm_tokenizer(data_config):
+    try:
+      return real_lm_tokenizer(data_config)
+    except Exception as e:  # pylint: disable=broad-except
+      vocab = config.model.get("vocab_size", 0) or T5_SENTENCEPIECE_PIECES
+      notes.append(f"tokenizer {data_config.get('tokenizer')!r} not readable here "
+                   f"({type(e).__name__}): stand-in vocabulary of {vocab} ids")
+      return _Tokenizer(vocab, 0)
+
+  def lm_source(config, tok, process_index=0, process_count=1):
+    if not isinstance(tok, _Tokenizer):
+      try:
+        return real_lm_source(config, tok, process_index, process_count)
+      except Exception as e:  # pylint: disable=broad-except
+        why = type(e).__name__
+    else:
+      why = "stand-in tokenizer"
+    seq_len = config.data.seq_len
+    notes.append(f"data {config.data.name!r} not readable here ({why}): stand-in token "
+                 f"batches of {seq_len} tokens")
+    return _TextSource(seq_len, seq_len, config.batch_size, tok)
+
+  def byte_counts(tok):
+    return np.ones(tok.vocab_size, np.int64) if isinstance(tok, _Tokenizer) else real_counts(tok)
+
+  data = config.get("data") or {}
+  unnamed = "tokenizer" in data and data.tokenizer == ""
+  if unnamed:
+    config.data.tokenizer = NO_TOKENIZER
+    notes.append("config.data.tokenizer is empty (a SentencePiece model you build and name): "
+                 "compiled with a stand-in of the model's vocabulary size")
   tasks.build_image_sources = image_sources
   text_tasks.build_tokenizer, text_tasks.build_text_source = tokenizer, text_source
+  gpt.build_tokenizer, gpt.build_source, lm.byte_counts = lm_tokenizer, lm_source, byte_counts
   try:
     yield
   finally:
     tasks.build_image_sources = real_images
     text_tasks.build_tokenizer, text_tasks.build_text_source = real_tokenizer, real_text
+    gpt.build_tokenizer, gpt.build_source, lm.byte_counts = (real_lm_tokenizer, real_lm_source,
+                                                             real_counts)
+    if unnamed:
+      config.data.tokenizer = ""
 
 
 def example_arrays(example: dict, batch: int) -> dict:

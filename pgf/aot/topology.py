@@ -150,8 +150,15 @@ class Topology:
     from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
     # With JAX_PLATFORMS=cpu (pgf.aot's default) the plugin registers without looking for a
     # GPU or the CUDA libraries; the target config stands in for the chip it cannot query.
-    return list(topologies.get_topology_desc(self.chip.name, "cuda", topology=self.topology_name,
-                                             target_config=gpu_target_config(self.chip)).devices)
+    try:
+      topo = topologies.get_topology_desc(self.chip.name, "cuda", topology=self.topology_name,
+                                          target_config=gpu_target_config(self.chip))
+    except Exception as e:  # pylint: disable=broad-except
+      raise RuntimeError(
+          f"pgf.aot: no compile-only GPUs ({type(e).__name__}: {str(e)[:200]}). Without a GPU "
+          "the CUDA plugin registers only when jax's platforms are set to cpu before any jax "
+          "backend starts (JAX_PLATFORMS=cpu, as `python -m pgf.aot` does)") from e
+    return list(topo.devices)
 
 
 def gpu_target_config(chip: Chip) -> str:
