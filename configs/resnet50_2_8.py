@@ -5,6 +5,10 @@ the input channels (`:group=hwi` groups the flattened H*W*I receptive field inst
 conv and the classifier stay dense. BatchNorm statistics are synchronised over the global batch.
 Paper top-1 (CIFAR-10; dense 85.09): SR-STE 83.33, MDGF-Exp 83.60.
 
+Memory: as shipped it fits every slice from a v4-8 or v5e-8 up (2:8 compiled for a v5e-8: 1.1
+of 15.2 usable GiB per chip: docs/aot.md). Check a slice without a TPU:
+
+  python -m pgf.aot --config=configs/resnet50_2_8.py --topology=v4-32
   python -m pgf.main --config=configs/resnet50_2_8.py --workdir=$WORKDIR \
       --config.data.data_dir=/gcs/BUCKET/tensorflow_datasets
   python -m pgf.main --config=configs/resnet50_2_8.py:method=sr_ste --workdir=$WORKDIR

@@ -5,6 +5,11 @@ attention output, position-bias MLP, patch embedding, patch merging and head sta
 Paper top-1 (ImageNet-1k, 350 epochs; dense 83.45): SR-STE 81.437,
 MDGF-Exp 81.466, SDGF-Step 81.382, SDGF-Geo 81.382.
 
+Memory: as shipped it fits every slice from a v4-8 or v5e-8 up (micro-batches of at most 32
+images per chip, `config.device_micro_batch`; the 1:16 config compiled for a v5e-8 holds 14.0
+of 15.2 usable GiB per chip: docs/aot.md). Check a slice without a TPU:
+
+  python -m pgf.aot --config=configs/swin_1_8.py --topology=v4-32
   python -m pgf.main --config=configs/swin_1_8.py --workdir=$WORKDIR \
       --config.data.data_dir=/gcs/BUCKET/tensorflow_datasets
   python -m pgf.main --config=configs/swin_1_8.py:method=sdgf_geometric --workdir=$WORKDIR

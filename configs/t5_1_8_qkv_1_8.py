@@ -8,6 +8,10 @@ Recipe: batch 128, 100k steps, constant lr 1e-3 after 1k warm-up, 10% dense step
 with the final hard N:M mask; eval reports greedy-decoding exact match per GLUE task and their mean.
 Paper GLUE average (dense 86.2): SR-STE 74.2, SDGF-Stepwise 79.5, SDGF-Geometric 75.8.
 
+Memory: as shipped it fits every slice from a v4-8 or v5e-8 up (1:4 compiled for a v5e-8: 9.1
+of 15.2 usable GiB per chip: docs/aot.md). Check a slice without a TPU:
+
+  python -m pgf.aot --config=configs/t5_1_8_qkv_1_8.py --topology=v4-32
   python -m pgf.main --config=configs/t5_1_8_qkv_1_8.py --workdir=$WORKDIR \
       --config.init_from=$PRETRAIN --config.data.data_dir=/gcs/BUCKET/tensorflow_datasets
   python -m pgf.main --config=configs/t5_1_8_qkv_1_8.py:method=sr_ste --workdir=$WORKDIR \

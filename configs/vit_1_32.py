@@ -5,6 +5,11 @@ attention output, patch embedding and head stay dense.
 Paper top-1 (ImageNet-1k, 350 epochs; dense 76.389): SR-STE 73.056, MDGF-Lin 75.807,
 MDGF-Exp 76.068, SDGF-Step 74.394, SDGF-Geo 74.91.
 
+Memory: as shipped it fits every slice from a v4-8 or v5e-8 up (micro-batches of at most 128
+images per chip, `config.device_micro_batch`; the 1:16 config compiled for a v5e-8 holds 9.6
+of 15.2 usable GiB per chip: docs/aot.md). Check a slice without a TPU:
+
+  python -m pgf.aot --config=configs/vit_1_32.py --topology=v4-32
   python -m pgf.main --config=configs/vit_1_32.py --workdir=$WORKDIR \
       --config.data.data_dir=/gcs/BUCKET/tensorflow_datasets
   python -m pgf.main --config=configs/vit_1_32.py:method=sdgf_geometric --workdir=$WORKDIR

@@ -75,8 +75,12 @@ def main(argv=None):
     sys.exit(f"aot_overhead: {topology.INSTALL_HINT}")
   rows = json.load(open(a.out))["rows"] if os.path.exists(a.out) else []
   done = {(r["model"], r["topology"], r["method"]) for r in rows}
-  for topo_name in a.topologies.split(","):
-    topo = topology.resolve(topo_name)
+  topos = {name: topology.resolve(name) for name in a.topologies.split(",")}
+  gpus = [name for name, t in topos.items() if t.chip.platform != "tpu"]
+  if gpus:  # flops and bytes come from the TPU compiler's cost model; XLA:GPU has none
+    sys.exit(f"aot_overhead: TPU slices only, not {', '.join(gpus)}: the GPU compiler gives no "
+             "flops or bytes (python -m pgf.aot --compare=dense gives its peak memory ratio)")
+  for topo_name, topo in topos.items():
     for model in a.models.split(","):
       for method in a.methods.split(","):
         if (model, topo_name, method) in done:
