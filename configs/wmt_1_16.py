@@ -8,6 +8,11 @@ Recipe: batch 512, 200k steps, Adam(0.9, 0.92), lr 0.0625 with rsqrt decay after
 (peak 1.98e-3), 5% dense steps first, last 10% with the final hard N:M mask.
 Paper token accuracy (dense 0.747): SR-STE 0.709, SDGF-Stepwise 0.717, MDGF-Exp 0.717.
 
+Memory: as shipped it fits every slice from a v4-8 or v5e-8 up (micro-batches of at most 32
+sentence pairs per chip, `config.device_micro_batch`: on a v5e-8 the 1:16 step needs 11.36 of
+15.20 usable GiB per chip in two micro-batches, 15.61 in one: docs/aot.md). Check a slice:
+
+  python -m pgf.aot --config=configs/wmt_1_16.py --topology=v4-32
   python -m pgf.data.wmt --vocab=$DATA/wmt_de_en_32k.model --data_dir=$DATA  # once
   python -m pgf.main --config=configs/wmt_1_16.py --workdir=$WORKDIR \
       --config.data.data_dir=$DATA --config.data.tokenizer=$DATA/wmt_de_en_32k.model
