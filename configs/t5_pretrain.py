@@ -6,6 +6,10 @@ inputs 512 / targets 114, 2^19 steps at batch 128 (T5's pre-training budget), Ad
 after 10k warm-up steps. Tokenizer: bytes by default (no vocabulary file); pass a local copy of
 T5's SentencePiece model for the paper's 32k vocabulary (needs `pip install sentencepiece`).
 
+Memory: as shipped (byte vocabulary) it fits every slice from a v4-8 or v5e-8 up (compiled for a
+v5e-8: 9.6 of 15.2 usable GiB per chip: docs/aot.md). Check a slice without a TPU:
+
+  python -m pgf.aot --config=configs/t5_pretrain.py --topology=v4-32
   python -m pgf.main --config=configs/t5_pretrain.py --workdir=$PRETRAIN \
       --config.data.data_dir=/gcs/BUCKET/tensorflow_datasets \
       --config.data.tokenizer=/path/to/cc_all.32000/sentencepiece.model
