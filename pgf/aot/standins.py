@@ -72,24 +72,32 @@ def data_free(config, notes: list[str]):
                    f"{source.num_classes} classes")
       return source, source
 
-  def tokenizer(data_config):
+  def standin_tokenizer(real, data_config, extra: int, vocab: int):
     try:
-      return real_tokenizer(data_config)
+      return real(data_config)
     except Exception as e:  # pylint: disable=broad-except
-      extra = data_config.get("num_extra_ids", 100)
-      vocab = config.model.get("vocab_size", 0) or T5_SENTENCEPIECE_PIECES + extra
       notes.append(f"tokenizer {data_config.get('tokenizer')!r} not readable here "
                    f"({type(e).__name__}): stand-in vocabulary of {vocab} ids")
       return _Tokenizer(vocab, extra)
 
+  def real_source_or_why(real, config, tok, process_index, process_count):
+    """(the real source, None), or (None, why it is not used)."""
+    if isinstance(tok, _Tokenizer):
+      return None, "stand-in tokenizer"
+    try:
+      return real(config, tok, process_index, process_count), None
+    except Exception as e:  # pylint: disable=broad-except
+      return None, type(e).__name__
+
+  def tokenizer(data_config):
+    extra = data_config.get("num_extra_ids", 100)
+    return standin_tokenizer(real_tokenizer, data_config, extra,
+                             config.model.get("vocab_size", 0) or T5_SENTENCEPIECE_PIECES + extra)
+
   def text_source(config, tok, process_index=0, process_count=1):
-    if not isinstance(tok, _Tokenizer):
-      try:
-        return real_text(config, tok, process_index, process_count)
-      except Exception as e:  # pylint: disable=broad-except
-        why = type(e).__name__
-    else:
-      why = "stand-in tokenizer"
+    source, why = real_source_or_why(real_text, config, tok, process_index, process_count)
+    if source is not None:
+      return source
     from pgf.data import span_corruption  # pylint: disable=g-import-not-at-top
     data = config.data
     target = data.get("target_length") or 0
@@ -109,22 +117,13 @@ def data_free(config, notes: list[str]):
       lm.byte_counts
 
   def lm_tokenizer(data_config):
-    try:
-      return real_lm_tokenizer(data_config)
-    except Exception as e:  # pylint: disable=broad-except
-      vocab = config.model.get("vocab_size", 0) or T5_SENTENCEPIECE_PIECES
-      notes.append(f"tokenizer {data_config.get('tokenizer')!r} not readable here "
-                   f"({type(e).__name__}): stand-in vocabulary of {vocab} ids")
-      return _Tokenizer(vocab, 0)
+    return standin_tokenizer(real_lm_tokenizer, data_config, 0,
+                             config.model.get("vocab_size", 0) or T5_SENTENCEPIECE_PIECES)
 
   def lm_source(config, tok, process_index=0, process_count=1):
-    if not isinstance(tok, _Tokenizer):
-      try:
-        return real_lm_source(config, tok, process_index, process_count)
-      except Exception as e:  # pylint: disable=broad-except
-        why = type(e).__name__
-    else:
-      why = "stand-in tokenizer"
+    source, why = real_source_or_why(real_lm_source, config, tok, process_index, process_count)
+    if source is not None:
+      return source
     seq_len = config.data.seq_len
     notes.append(f"data {config.data.name!r} not readable here ({why}): stand-in token "
                  f"batches of {seq_len} tokens")
