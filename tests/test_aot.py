@@ -162,7 +162,7 @@ def test_config_that_cannot_fit_gets_the_message():
   assert "RESOURCE_EXHAUSTED" in stdout  # XLA's own words next to pgf's
 
 
-def test_bad_topology_and_missing_flags_are_named():
+def test_bad_topology_and_missing_flags_are_named(monkeypatch):
   rc, _, stderr = _aot(*TINY, "--topology=v9-8")
   assert rc == 2 and "--topology=v9-8: not a Cloud TPU slice name" in stderr
   rc, _, stderr = _aot("--topology=v4-8")
@@ -175,10 +175,14 @@ def test_bad_topology_and_missing_flags_are_named():
   h100 = topology.resolve("h100-16")
   assert (h100.chips, h100.hosts, h100.topology_name) == (16, 2, "1x2x8")
   assert topology.resolve("a100-4").hosts == 1
-  for bad, words in (("h100-6", "1, 2, 4 or 8 on one host"), ("b900-8", "not a known GPU box"),
+  for bad, words in (("h100-6", "1, 2, 4 or 8 on one host"),
+                     ("h100-0", "1, 2, 4 or 8 on one host"), ("b900-8", "not a known GPU box"),
                      ("2xh100-8", "several slices are a TPU notion")):
     with pytest.raises(ValueError, match=words):
       topology.resolve(bad)
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "75%")
+  with pytest.raises(ValueError, match="XLA_PYTHON_CLIENT_MEM_FRACTION='75%': a fraction"):
+    topology.usable_bytes(h100.chip)
 
 
 # The CUDA plugin, installed apart so that other jax processes do not load it (.ci/run:

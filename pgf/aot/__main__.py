@@ -137,7 +137,11 @@ def main(argv):
   from pgf.aot.compile import compile_steps  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
   chip = topo.chip
-  usable = topo_lib.usable_bytes(chip)
+  try:
+    usable = topo_lib.usable_bytes(chip)
+  except ValueError as e:
+    print(f"pgf.aot: {e}", file=sys.stderr)
+    return 2
   pool = ("JAX's GPU pool, XLA_PYTHON_CLIENT_MEM_FRACTION" if chip.platform == "gpu"
           else "XLA keeps the rest")
   print(f"pgf.aot: {topo.describe()}; usable per chip {usable / GIB:.2f} GiB "

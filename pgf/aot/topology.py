@@ -197,7 +197,14 @@ def usable_bytes(chip: Chip) -> float:
   """Bytes per device a compiled step may hold: 95% of a TPU's HBM (XLA keeps the rest); on a
   GPU, the pool JAX pre-allocates (XLA_PYTHON_CLIENT_MEM_FRACTION, default 75%)."""
   if chip.platform == "gpu":
-    fraction = float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", GPU_DEFAULT_MEM_FRACTION))
+    value = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", str(GPU_DEFAULT_MEM_FRACTION))
+    try:
+      fraction = float(value)
+    except ValueError:
+      fraction = -1.0
+    if not 0 < fraction <= 1:
+      raise ValueError(f"XLA_PYTHON_CLIENT_MEM_FRACTION={value!r}: a fraction of the GPU's "
+                       "memory in (0, 1] (JAX's default is 0.75)")
     return chip.hbm_gib * GIB * fraction
   return chip.hbm_gib * GIB * TPU_USABLE_FRACTION
 
@@ -289,7 +296,7 @@ def _gpu_box(name: str, chip: Chip, gpus: int, slices: int) -> Topology:
     raise ValueError(f"--topology={name}: several slices are a TPU notion; for more GPU hosts "
                      f"name the GPU count ({chip.name}-16 is two hosts of 8)")
   per_host = min(gpus, chip.single_host_max)
-  if gpus not in (1, 2, 4) and gpus % chip.single_host_max:
+  if gpus < 1 or gpus not in (1, 2, 4) and gpus % chip.single_host_max:
     raise ValueError(f"--topology={name}: {chip.name}-N counts GPUs: 1, 2, 4 or 8 on one host, "
                      f"or a multiple of {chip.single_host_max} ({chip.single_host_max} per host)")
   return Topology(name, chip, (gpus,), (per_host,))
